@@ -1,0 +1,150 @@
+//! Command-line interface: one file per subcommand; this one parses the global options, sets up
+//! logging and the runtime, and turns results into the documented exit codes.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, DEFAULT_CONFIG_PATH};
+
+mod backfill;
+mod run;
+
+/// Exit codes, as documented in `--help` and the README.
+pub mod exit {
+    /// Every item synced, was unchanged, or was skipped.
+    pub const OK: u8 = 0;
+    /// Some items failed (each is listed); the rest synced.
+    pub const ITEMS_FAILED: u8 = 1;
+    /// Usage or configuration error, found before any work was done.
+    pub const USAGE: u8 = 2;
+    /// Fatal runtime error: credentials refused, database unusable.
+    pub const FATAL: u8 = 3;
+}
+
+const EXIT_CODES: &str = "Exit codes:
+  0  every photo synced, was unchanged, or was skipped
+  1  some photos failed (listed in the summary); the rest synced
+  2  usage or configuration error, found before any work
+  3  fatal runtime error (credentials refused, database unusable)";
+
+/// Keeps Microsoft 365 / Entra ID profile photos (users, groups, contacts) equal to the photos
+/// in a directory tree.
+#[derive(Debug, Parser)]
+#[command(name = "photosync", version, after_help = EXIT_CODES)]
+pub struct Cli {
+    /// Configuration file.
+    #[arg(short, long, global = true, env = "PHOTOSYNC_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
+    pub config: PathBuf,
+
+    /// More log output (-v debug, -vv trace). RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    /// Log format on stderr: text for people, json for log collectors.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// One pass over every source: upload what is new or changed, then exit.
+    Backfill(backfill::Args),
+    /// The daemon: reconcile every source, then watch the tree and sync changes until stopped
+    /// (SIGTERM/SIGINT: finish in-flight uploads and exit 0; SIGHUP: reload the config).
+    Run(run::Args),
+}
+
+/// Runs the parsed command line and returns the process exit code.
+pub fn main(cli: Cli) -> ExitCode {
+    let interactive = std::io::stderr().is_terminal() && cli.log_format == LogFormat::Text;
+    init_tracing(cli.verbose, cli.log_format, interactive);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("photosync")
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(exit::FATAL);
+        }
+    };
+    let code = runtime.block_on(async {
+        match cli.command {
+            Command::Backfill(args) => backfill::run(&cli.config, args, interactive).await,
+            Command::Run(args) => run::run(&cli.config, args).await,
+        }
+    });
+    ExitCode::from(code)
+}
+
+fn init_tracing(verbose: u8, format: LogFormat, interactive: bool) {
+    use tracing_subscriber::EnvFilter;
+    // On a terminal the progress bar and the summary say what info lines would.
+    let default = match (verbose, interactive) {
+        (0, true) => "warn",
+        (0, false) => "info",
+        (1, _) => "debug",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(format!("photosync={default},warn")));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.with_ansi(interactive).try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+}
+
+/// Loads the config, printing the error the way operators need it.
+pub(crate) fn load_config(path: &std::path::Path) -> Result<Config, u8> {
+    Config::load(path).map_err(|e| {
+        eprintln!("error: {e}");
+        exit::USAGE
+    })
+}
+
+/// Cancels `token` on SIGTERM or SIGINT; a second signal exits at once.
+pub(crate) fn stop_on_signals(token: CancellationToken) {
+    tokio::spawn(async move {
+        let first = wait_for_signal().await;
+        tracing::warn!(
+            signal = first,
+            "stopping: finishing in-flight uploads (send again to exit now)"
+        );
+        token.cancel();
+        let second = wait_for_signal().await;
+        tracing::error!(signal = second, "second signal: exiting now");
+        std::process::exit(130);
+    });
+}
+
+async fn wait_for_signal() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        // Without signal handlers there is nothing to wait for.
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    }
+}

@@ -1,0 +1,711 @@
+//! Typed configuration: the TOML file an operator writes, parsed strictly.
+//!
+//! Invariants: unknown keys are refused (`deny_unknown_fields`), every default lives in an
+//! `impl Default` beside its fields, and every validation error names the key and, where the
+//! key is present in the file, its line. Relative paths are resolved against the config file's
+//! folder once, at load time, so nothing downstream has to know where the file was.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use secrecy::SecretString;
+use serde::Deserialize;
+
+use crate::image::{Mode as ImageMode, Settings as ImageSettings};
+
+/// Where the config file is looked for when `-c` is not given and `$PHOTOSYNC_CONFIG` is unset.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/photosync/config.toml";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}{}: `{key}`: {message}", line.map(|l| format!(":{l}")).unwrap_or_default())]
+    Invalid {
+        path: PathBuf,
+        key: String,
+        line: Option<usize>,
+        message: String,
+    },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub auth: AuthConfig,
+    #[serde(default)]
+    pub cloud: CloudConfig,
+    pub state: StateConfig,
+    #[serde(default)]
+    pub upload: UploadConfig,
+    #[serde(default)]
+    pub image: ImageConfig,
+    #[serde(default)]
+    pub sync: SyncConfig,
+    #[serde(default)]
+    pub server: ServerConfig,
+    #[serde(rename = "source", default)]
+    pub sources: Vec<SourceConfig>,
+    /// The file this config was read from; relative paths were resolved against its folder.
+    #[serde(skip)]
+    pub path: PathBuf,
+}
+
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    pub tenant_id: String,
+    pub client_id: String,
+    #[serde(default)]
+    pub client_secret: Option<SecretString>,
+    #[serde(default)]
+    pub client_secret_file: Option<PathBuf>,
+    /// PEM holding the certificate and its private key.
+    #[serde(default)]
+    pub certificate_file: Option<PathBuf>,
+    #[serde(default)]
+    pub assertion: AssertionAlg,
+}
+
+// Hand-written so that even a future field cannot leak the secret through `{:?}`.
+impl fmt::Debug for AuthConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuthConfig")
+            .field("tenant_id", &self.tenant_id)
+            .field("client_id", &self.client_id)
+            .field(
+                "client_secret",
+                &self.client_secret.as_ref().map(|_| "[redacted]"),
+            )
+            .field("client_secret_file", &self.client_secret_file)
+            .field("certificate_file", &self.certificate_file)
+            .field("assertion", &self.assertion)
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AssertionAlg {
+    /// RS256 with an `x5t` (SHA-1 thumbprint) header: the older form, still the most widely accepted.
+    #[default]
+    Rs256,
+    /// PS256 with an `x5t#S256` (SHA-256 thumbprint) header: the form current docs describe.
+    Ps256,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CloudName {
+    #[default]
+    Global,
+    Usgov,
+    UsgovDod,
+    China,
+}
+
+impl CloudName {
+    fn urls(self) -> (&'static str, &'static str) {
+        match self {
+            CloudName::Global => (
+                "https://login.microsoftonline.com",
+                "https://graph.microsoft.com",
+            ),
+            CloudName::Usgov => (
+                "https://login.microsoftonline.us",
+                "https://graph.microsoft.us",
+            ),
+            CloudName::UsgovDod => (
+                "https://login.microsoftonline.us",
+                "https://dod-graph.microsoft.us",
+            ),
+            CloudName::China => (
+                "https://login.chinacloudapi.cn",
+                "https://microsoftgraph.chinacloudapi.cn",
+            ),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CloudConfig {
+    #[serde(default)]
+    pub name: CloudName,
+    #[serde(default)]
+    pub login_url: Option<String>,
+    #[serde(default)]
+    pub graph_url: Option<String>,
+}
+
+impl CloudConfig {
+    /// The token host, without a trailing slash.
+    pub fn login_url(&self) -> String {
+        self.login_url
+            .clone()
+            .unwrap_or_else(|| self.name.urls().0.to_owned())
+            .trim_end_matches('/')
+            .to_owned()
+    }
+
+    /// The Graph host, without a trailing slash or version.
+    pub fn graph_url(&self) -> String {
+        self.graph_url
+            .clone()
+            .unwrap_or_else(|| self.name.urls().1.to_owned())
+            .trim_end_matches('/')
+            .to_owned()
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateConfig {
+    pub database: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub enum UploadMethod {
+    #[default]
+    #[serde(alias = "put")]
+    PUT,
+    #[serde(alias = "patch")]
+    PATCH,
+}
+
+impl UploadMethod {
+    pub fn as_reqwest(self) -> reqwest::Method {
+        match self {
+            UploadMethod::PUT => reqwest::Method::PUT,
+            UploadMethod::PATCH => reqwest::Method::PATCH,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UploadConfig {
+    pub method: UploadMethod,
+    /// Concurrent uploads. Exchange allows 4 concurrent requests per mailbox, and some tenants
+    /// appear to count per app, so the default stays modest.
+    pub workers: usize,
+    pub requests_per_second: f64,
+    pub burst: u32,
+    pub max_attempts: u32,
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// How long in-flight uploads may finish after a stop was asked for.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for UploadConfig {
+    fn default() -> Self {
+        Self {
+            method: UploadMethod::PUT,
+            workers: 4,
+            requests_per_second: 4.0,
+            burst: 4,
+            max_attempts: 8,
+            request_timeout: Duration::from_secs(60),
+            connect_timeout: Duration::from_secs(10),
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ImageModeConfig {
+    #[default]
+    Normalize,
+    Passthrough,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ImageConfig {
+    pub mode: ImageModeConfig,
+    pub max_side: u32,
+    pub square: bool,
+    pub jpeg_quality: u8,
+    /// Refuse images that declare more pixels than this, before decoding (decompression bombs).
+    pub max_pixels: u64,
+}
+
+impl Default for ImageConfig {
+    fn default() -> Self {
+        let d = ImageSettings::default();
+        Self {
+            mode: ImageModeConfig::Normalize,
+            max_side: d.max_side,
+            square: d.square,
+            jpeg_quality: d.jpeg_quality,
+            max_pixels: d.max_pixels,
+        }
+    }
+}
+
+impl ImageConfig {
+    pub fn settings(&self) -> ImageSettings {
+        ImageSettings {
+            mode: match self.mode {
+                ImageModeConfig::Normalize => ImageMode::Normalize,
+                ImageModeConfig::Passthrough => ImageMode::Passthrough,
+            },
+            max_side: self.max_side,
+            square: self.square,
+            jpeg_quality: self.jpeg_quality,
+            max_pixels: self.max_pixels,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnDelete {
+    /// A removed file leaves the photo in Graph as it is.
+    #[default]
+    Keep,
+    /// A removed file removes the user's or group's photo in Graph.
+    Delete,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WatchMode {
+    /// inotify where it works; polling for a root where watching fails.
+    #[default]
+    Auto,
+    /// Never watch; poll every `poll_interval` (network file systems that send no events).
+    Poll,
+}
+
+/// How the daemon (`run`) follows the tree.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SyncConfig {
+    pub on_delete: OnDelete,
+    /// More deletions than this in one pass are refused (an unmounted share looks empty).
+    pub max_deletes_per_pass: usize,
+    /// A file is synced only once its size and mtime have not changed for this long.
+    #[serde(with = "humantime_serde")]
+    pub debounce: Duration,
+    /// A full rescan runs this often whatever the watcher says.
+    #[serde(with = "humantime_serde")]
+    pub rescan_interval: Duration,
+    pub watch: WatchMode,
+    /// How often a root that cannot be watched is rescanned.
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// A photo whose transient failures used up its attempts is tried again after this long.
+    #[serde(with = "humantime_serde")]
+    pub retry_failed_after: Duration,
+}
+
+impl Default for SyncConfig {
+    fn default() -> Self {
+        Self {
+            on_delete: OnDelete::Keep,
+            max_deletes_per_pass: 50,
+            debounce: Duration::from_secs(3),
+            rescan_interval: Duration::from_secs(6 * 3600),
+            watch: WatchMode::Auto,
+            poll_interval: Duration::from_secs(300),
+            retry_failed_after: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+/// The optional health and metrics endpoint of the daemon.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// e.g. "127.0.0.1:9898"; unset: no server.
+    pub listen: Option<std::net::SocketAddr>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TargetKind {
+    User,
+    Group,
+    Contact,
+}
+
+impl TargetKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TargetKind::User => "user",
+            TargetKind::Group => "group",
+            TargetKind::Contact => "contact",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyKind {
+    /// The file stem is a user principal name.
+    Upn,
+    /// The file stem is a Graph object id.
+    Id,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    pub root: PathBuf,
+    pub target: TargetKind,
+    pub key: KeyKind,
+}
+
+impl Config {
+    /// Reads, parses and validates the file; relative paths become absolute.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        // Relative paths in the file are relative to its folder, wherever photosync runs from.
+        let path = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
+        Self::parse(&text, &path)
+    }
+
+    /// Parses `text` as if it had been read from `path`.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let mut cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string().trim_end().to_owned(),
+        })?;
+        path.clone_into(&mut cfg.path);
+        let base = path
+            .parent()
+            .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+        cfg.resolve_paths(&base);
+        cfg.validate()
+            .map_err(|(key, message)| ConfigError::Invalid {
+                path: path.to_owned(),
+                line: locate_key(text, &key),
+                key,
+                message,
+            })?;
+        Ok(cfg)
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        for p in [
+            self.auth.client_secret_file.as_mut(),
+            self.auth.certificate_file.as_mut(),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if let Some(expanded) = expand_credentials_dir(p) {
+                *p = expanded;
+            }
+        }
+        let abs = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        abs(&mut self.state.database);
+        if let Some(p) = self.auth.client_secret_file.as_mut() {
+            abs(p);
+        }
+        if let Some(p) = self.auth.certificate_file.as_mut() {
+            abs(p);
+        }
+        for s in &mut self.sources {
+            abs(&mut s.root);
+        }
+    }
+
+    /// Checks what serde cannot; the error is (dotted key, message).
+    fn validate(&self) -> Result<(), (String, String)> {
+        let err = |k: &str, m: &str| Err((k.to_owned(), m.to_owned()));
+        let a = &self.auth;
+        if a.tenant_id.trim().is_empty() {
+            return err("auth.tenant_id", "must not be empty");
+        }
+        if matches!(
+            a.tenant_id.to_ascii_lowercase().as_str(),
+            "common" | "organizations" | "consumers"
+        ) {
+            return err(
+                "auth.tenant_id",
+                "app-only tokens need a specific tenant: use the tenant GUID or a verified domain, not `common`",
+            );
+        }
+        if a.client_id.trim().is_empty() {
+            return err("auth.client_id", "must not be empty");
+        }
+        let creds = [
+            a.client_secret.is_some(),
+            a.client_secret_file.is_some(),
+            a.certificate_file.is_some(),
+        ]
+        .iter()
+        .filter(|b| **b)
+        .count();
+        if creds > 1 {
+            return err(
+                "auth",
+                "set only one of client_secret, client_secret_file and certificate_file",
+            );
+        }
+        if creds == 0 && std::env::var_os("PHOTOSYNC_CLIENT_SECRET").is_none() {
+            return err(
+                "auth",
+                "no credential: set client_secret_file, client_secret or certificate_file (or the PHOTOSYNC_CLIENT_SECRET environment variable)",
+            );
+        }
+        for (key, p) in [
+            ("auth.client_secret_file", &a.client_secret_file),
+            ("auth.certificate_file", &a.certificate_file),
+        ] {
+            if p.as_ref()
+                .is_some_and(|p| p.to_string_lossy().contains(CREDENTIALS_DIRECTORY))
+            {
+                return err(
+                    key,
+                    "uses ${CREDENTIALS_DIRECTORY} but that variable is not set (is LoadCredential= in the unit?)",
+                );
+            }
+        }
+        check_url("cloud.login_url", &self.cloud.login_url())?;
+        check_url("cloud.graph_url", &self.cloud.graph_url())?;
+        let u = &self.upload;
+        if u.workers == 0 || u.workers > 64 {
+            return err("upload.workers", "must be between 1 and 64");
+        }
+        if !(u.requests_per_second.is_finite() && u.requests_per_second > 0.0) {
+            return err("upload.requests_per_second", "must be a positive number");
+        }
+        if u.burst == 0 {
+            return err("upload.burst", "must be at least 1");
+        }
+        if u.max_attempts == 0 {
+            return err("upload.max_attempts", "must be at least 1");
+        }
+        if u.request_timeout < Duration::from_secs(1) {
+            return err("upload.request_timeout", "must be at least 1s");
+        }
+        let i = &self.image;
+        if !(48..=4096).contains(&i.max_side) {
+            return err("image.max_side", "must be between 48 and 4096");
+        }
+        if !(1..=100).contains(&i.jpeg_quality) {
+            return err("image.jpeg_quality", "must be between 1 and 100");
+        }
+        if i.max_pixels < 1_000_000 {
+            return err("image.max_pixels", "must be at least 1000000");
+        }
+        let sy = &self.sync;
+        if sy.debounce > Duration::from_secs(3600) {
+            return err("sync.debounce", "must be at most 1h");
+        }
+        if sy.rescan_interval < Duration::from_secs(1) {
+            return err("sync.rescan_interval", "must be at least 1s");
+        }
+        if sy.poll_interval < Duration::from_millis(100) {
+            return err("sync.poll_interval", "must be at least 100ms");
+        }
+        if self.sources.is_empty() {
+            return err("source", "at least one [[source]] is needed");
+        }
+        for (n, s) in self.sources.iter().enumerate() {
+            if s.target == TargetKind::Group && s.key != KeyKind::Id {
+                return Err((
+                    format!("source[{n}].key"),
+                    "groups are named by object id: use key = \"id\"".to_owned(),
+                ));
+            }
+            for (m, other) in self.sources.iter().enumerate().take(n) {
+                if s.root.starts_with(&other.root) || other.root.starts_with(&s.root) {
+                    return Err((
+                        format!("source[{n}].root"),
+                        format!(
+                            "{} overlaps source[{m}] ({}): one file would map to two targets",
+                            s.root.display(),
+                            other.root.display()
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+const CREDENTIALS_DIRECTORY: &str = "${CREDENTIALS_DIRECTORY}";
+
+/// `${CREDENTIALS_DIRECTORY}/name` → the directory systemd's `LoadCredential=` filled.
+fn expand_credentials_dir(p: &Path) -> Option<PathBuf> {
+    let s = p.to_str()?;
+    let rest = s.strip_prefix(CREDENTIALS_DIRECTORY)?;
+    let dir = std::env::var_os("CREDENTIALS_DIRECTORY")?;
+    let mut out = PathBuf::from(dir);
+    out.push(rest.trim_start_matches('/'));
+    Some(out)
+}
+
+fn check_url(key: &str, raw: &str) -> Result<(), (String, String)> {
+    let url = url::Url::parse(raw).map_err(|e| (key.to_owned(), format!("not a URL: {e}")))?;
+    let loopback = match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        None => false,
+    };
+    match url.scheme() {
+        "https" => Ok(()),
+        "http" if loopback => Ok(()),
+        "http" => Err((
+            key.to_owned(),
+            "plain http is only allowed for loopback hosts (127.0.0.1, ::1, localhost); use https"
+                .to_owned(),
+        )),
+        other => Err((key.to_owned(), format!("unsupported scheme `{other}`"))),
+    }
+}
+
+/// Finds the line of a dotted key like `upload.workers` or `source[1].root` in the raw TOML,
+/// so an error can point at it. Best effort: a key set by default has no line.
+fn locate_key(text: &str, key: &str) -> Option<usize> {
+    let (table, index, leaf) = split_key(key);
+    let mut current = String::new();
+    let mut array_index: Option<usize> = None;
+    let mut table_line = None;
+    for (n, line) in text.lines().enumerate() {
+        let t = line.trim();
+        if let Some(name) = t.strip_prefix("[[").and_then(|r| r.strip_suffix("]]")) {
+            let name = name.trim();
+            if name == current {
+                array_index = array_index.map(|i| i + 1);
+            } else {
+                name.clone_into(&mut current);
+                array_index = Some(0);
+            }
+        } else if let Some(name) = t.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
+            name.trim().clone_into(&mut current);
+            array_index = None;
+        } else if current == table && array_index == index {
+            if let Some(leaf) = leaf {
+                let k = t.split('=').next().unwrap_or("").trim();
+                if k == leaf {
+                    return Some(n + 1);
+                }
+            }
+            continue;
+        } else {
+            continue;
+        }
+        if current == table && array_index == index && table_line.is_none() {
+            table_line = Some(n + 1);
+        }
+    }
+    table_line
+}
+
+fn split_key(key: &str) -> (&str, Option<usize>, Option<&str>) {
+    let (head, leaf) = match key.split_once('.') {
+        Some((h, l)) => (h, Some(l)),
+        None => (key, None),
+    };
+    match head.split_once('[') {
+        Some((t, rest)) => (t, rest.trim_end_matches(']').parse().ok(), leaf),
+        None if head == "source" => (head, Some(0), leaf),
+        None => (head, None, leaf),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: &str = r#"
+[auth]
+tenant_id = "contoso.onmicrosoft.com"
+client_id = "id"
+client_secret = "s"
+
+[state]
+database = "state.db"
+
+[[source]]
+root = "photos/users"
+target = "user"
+key = "upn"
+"#;
+
+    #[test]
+    fn relative_paths_resolve_against_the_config_folder() {
+        let cfg = Config::parse(MIN, Path::new("/etc/ps/config.toml")).unwrap();
+        assert_eq!(cfg.state.database, Path::new("/etc/ps/state.db"));
+        assert_eq!(cfg.sources[0].root, Path::new("/etc/ps/photos/users"));
+        assert_eq!(cfg.upload.workers, 4);
+    }
+
+    #[test]
+    fn invalid_value_names_key_and_line() {
+        let text = format!("{MIN}\n[upload]\nworkers = 0\n");
+        let e = Config::parse(&text, Path::new("c.toml")).unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("upload.workers"), "{msg}");
+        assert!(msg.contains("c.toml:16"), "{msg}");
+    }
+
+    #[test]
+    fn unknown_key_is_refused_with_its_line() {
+        let text = MIN.replace("key = \"upn\"", "key = \"upn\"\nroots = 1");
+        let msg = Config::parse(&text, Path::new("c.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("roots"), "{msg}");
+        assert!(msg.contains("line 14"), "{msg}");
+    }
+
+    #[test]
+    fn plain_http_only_for_loopback() {
+        let ok = format!("{MIN}\n[cloud]\ngraph_url = \"http://127.0.0.1:9\"\n");
+        Config::parse(&ok, Path::new("c.toml")).unwrap();
+        let bad = format!("{MIN}\n[cloud]\ngraph_url = \"http://graph.example.com\"\n");
+        let msg = Config::parse(&bad, Path::new("c.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("cloud.graph_url"), "{msg}");
+    }
+
+    #[test]
+    fn debug_never_shows_the_secret() {
+        let text = MIN.replace(
+            "client_secret = \"s\"",
+            "client_secret = \"hunter2-very-secret\"",
+        );
+        let cfg = Config::parse(&text, Path::new("c.toml")).unwrap();
+        assert!(!format!("{cfg:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn source_index_locates_second_table() {
+        let text = format!(
+            "{MIN}\n[[source]]\nroot = \"photos/users/sub\"\ntarget = \"user\"\nkey = \"upn\"\n"
+        );
+        let msg = Config::parse(&text, Path::new("c.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("source[1].root"), "{msg}");
+        assert!(msg.contains("c.toml:16"), "{msg}");
+    }
+}

@@ -1,0 +1,1267 @@
+//! The engine: one planner, one queue, one worker pool and one ledger writer, for every driver.
+//!
+//! Data flows one way: source walk → planner (mapping + ledger snapshot + hashing) → queue →
+//! workers (image pipeline on the blocking pool, limiter, Graph) → ledger writer. Nothing calls
+//! back up that chain; outcomes travel as messages.
+//!
+//! Invariants:
+//! - per-item errors are recorded and counted, never stop the rest; only a fatal error (the
+//!   ledger is unusable, credentials refused) stops the run;
+//! - a target is recorded as synced only after Graph answered 2xx;
+//! - shutdown (cancellation) stops intake, lets in-flight uploads finish within the grace period,
+//!   flushes the ledger, and joins every task, inspecting its result.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::stream::{FuturesUnordered, StreamExt};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::AuthError;
+use crate::config::{Config, SourceConfig};
+use crate::graph::{ErrorClass, GraphClient, GraphError};
+use crate::image::{Pipeline, Processed, MAX_UPLOAD_BYTES};
+use crate::limiter::{backoff, Limiter};
+use crate::mapping::{map_path, Mapped, Target};
+use crate::plan::{self, Decision, Known, Policy, Quick, Reason};
+use crate::queue::{Keyed, Queue};
+use crate::source::{self, FileEntry, Found};
+use crate::state::{now_ms, FailureClass, Ledger, Op, Snapshot, StateError};
+use crate::stats::{Failure, Stats};
+
+/// Files larger than this are not photos; they are refused without being read.
+pub const MAX_INPUT_BYTES: u64 = 256 * 1024 * 1024;
+
+/// Throttling answers one item may meet before it is recorded as failed for now.
+const MAX_THROTTLED_PER_ITEM: u32 = 50;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    #[error(transparent)]
+    Graph(GraphError),
+    #[error("cannot build the HTTP client: {0}")]
+    Http(#[source] reqwest::Error),
+    #[error("a {task} task panicked: {message}")]
+    Panicked { task: &'static str, message: String },
+}
+
+/// How one pass plans.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PassOptions {
+    /// Upload even unchanged photos.
+    pub force: bool,
+    /// Print the plan; touch neither Graph nor the ledger.
+    pub dry_run: bool,
+    /// Retry transient failures now, whatever their `next_attempt_at` says.
+    pub retry_transient_now: bool,
+}
+
+/// One request to make for a target.
+pub struct Job {
+    target: Target,
+    key: String,
+    path: String,
+    action: Action,
+}
+
+enum Action {
+    Upload {
+        hash: String,
+        bytes: Bytes,
+        reason: Reason,
+        _memory: OwnedSemaphorePermit,
+    },
+    /// The photo file is gone and `on_delete = "delete"`.
+    Delete,
+}
+
+/// What a pass looks at.
+#[derive(Debug, Clone)]
+pub enum Scope {
+    /// Every source, walked from its root. Files the ledger knows that were not found are gone.
+    All,
+    /// These paths only (from the watcher): files, new folders, or paths that disappeared.
+    Paths(Vec<PathBuf>),
+}
+
+/// What a pass did beyond counting.
+#[derive(Debug, Default, Clone)]
+pub struct PassReport {
+    /// Deletions that the safety limit refused (the tree looked emptied).
+    pub deletions_refused: usize,
+    /// Deletions queued (or, in a dry run, that would be).
+    pub deletions: usize,
+}
+
+impl Keyed for Job {
+    fn key(&self) -> &str {
+        &self.key
+    }
+}
+
+enum WriterMsg {
+    Op(Box<Op>),
+    Flush(oneshot::Sender<()>),
+}
+
+struct Shared {
+    cfg: Config,
+    pipeline: Pipeline,
+    fingerprint: String,
+    graph: GraphClient,
+    limiter: Limiter,
+    queue: Queue<Job>,
+    stats: Arc<Stats>,
+    /// Stops intake and retries; in-flight requests run on.
+    cancel: CancellationToken,
+    fatal: Mutex<Option<EngineError>>,
+    image_slots: Semaphore,
+    /// Bytes of photos held in the queue, in KiB permits, so memory stays bounded whatever
+    /// the size of the files.
+    memory: Arc<Semaphore>,
+    writer: mpsc::Sender<WriterMsg>,
+}
+
+/// The running engine. Start it, feed it passes, then [`Engine::shutdown`].
+pub struct Engine {
+    shared: Arc<Shared>,
+    ledger: Option<Ledger>,
+    dry_run: bool,
+    workers: JoinSet<()>,
+    writer_task: Option<tokio::task::JoinHandle<Result<(), StateError>>>,
+}
+
+const MEMORY_BUDGET_KIB: usize = 256 * 1024;
+
+impl Engine {
+    /// Builds the Graph client and starts the workers and the ledger writer. A dry-run engine
+    /// starts neither: it only plans, reading `ledger` (opened read-only, or `None` when there
+    /// is no database yet) and writing nothing.
+    pub fn start(
+        cfg: Config,
+        ledger: Option<Ledger>,
+        dry_run: bool,
+        stats: Arc<Stats>,
+        cancel: CancellationToken,
+    ) -> Result<Engine, EngineError> {
+        let http =
+            crate::graph::http_client(cfg.upload.request_timeout, cfg.upload.connect_timeout)
+                .map_err(EngineError::Http)?;
+        let tokens = Arc::new(crate::auth::TokenSource::new(
+            &cfg.auth,
+            &cfg.cloud.login_url(),
+            &cfg.cloud.graph_url(),
+            http.clone(),
+        )?);
+        let graph = GraphClient::new(http, &cfg.cloud.graph_url(), tokens);
+        let pipeline = Pipeline::new(cfg.image.settings());
+        let fingerprint = pipeline.fingerprint();
+        let cores = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
+        let (tx, rx) = mpsc::channel(4096);
+        let shared = Arc::new(Shared {
+            limiter: Limiter::new(cfg.upload.requests_per_second, cfg.upload.burst),
+            queue: Queue::new(cfg.upload.workers * 4 + 16),
+            image_slots: Semaphore::new(cores),
+            memory: Arc::new(Semaphore::new(MEMORY_BUDGET_KIB)),
+            cfg,
+            pipeline,
+            fingerprint,
+            graph,
+            stats,
+            cancel,
+            fatal: Mutex::new(None),
+            writer: tx,
+        });
+        let mut workers = JoinSet::new();
+        let mut writer_task = None;
+        if let Some(l) = ledger.clone().filter(|_| !dry_run) {
+            for n in 0..shared.cfg.upload.workers {
+                let s = shared.clone();
+                workers.spawn(async move { worker(n, s).await });
+            }
+            let s = shared.clone();
+            writer_task = Some(tokio::spawn(async move { writer(l, rx, s).await }));
+        }
+        Ok(Engine {
+            shared,
+            ledger,
+            dry_run,
+            workers,
+            writer_task,
+        })
+    }
+
+    pub fn stats(&self) -> &Arc<Stats> {
+        &self.shared.stats
+    }
+
+    pub fn fingerprint(&self) -> &str {
+        &self.shared.fingerprint
+    }
+
+    /// Jobs queued and in flight.
+    pub fn queue_depth(&self) -> (usize, usize) {
+        (self.shared.queue.len(), self.shared.queue.in_flight())
+    }
+
+    /// Obtains a token now, so that bad credentials stop a daemon at start rather than at its
+    /// first upload, and readiness can be reported before there is anything to upload.
+    pub async fn warm_up(&self) -> Result<(), AuthError> {
+        let r = self.shared.graph.tokens().token().await.map(|_| ());
+        Stats::flag(&self.shared.stats.token_ok, r.is_ok());
+        r
+    }
+
+    /// Copies queue depth and token state into the stats' gauges.
+    pub fn refresh_gauges(&self) {
+        let stats = &self.shared.stats;
+        Stats::set(&stats.queued, self.shared.queue.len() as u64);
+        Stats::set(&stats.in_flight, self.shared.queue.in_flight() as u64);
+        let tokens = self.shared.graph.tokens();
+        Stats::set(&stats.token_refresh_failures, tokens.refresh_failures());
+        if let Some(ok) = tokens.has_token() {
+            // An expired cached token is refreshed on next use; only failures make us unready.
+            Stats::flag(&stats.token_ok, ok || tokens.refresh_failures() == 0);
+        }
+    }
+
+    /// Walks every source once and plans every photo found: unchanged ones are counted, the rest
+    /// queued for the workers (or, in a dry run, printed). Returns when everything is planned,
+    /// not when it is uploaded; see [`Engine::drain`].
+    #[tracing::instrument(skip_all, fields(force = opts.force, dry_run = opts.dry_run))]
+    pub async fn plan_pass(&self, opts: PassOptions) -> Result<PassReport, EngineError> {
+        self.plan(Scope::All, opts).await
+    }
+
+    /// Plans what `scope` covers; see [`Engine::plan_pass`].
+    pub async fn plan(&self, scope: Scope, opts: PassOptions) -> Result<PassReport, EngineError> {
+        let snapshot = match &self.ledger {
+            Some(l) => {
+                self.flush().await;
+                l.snapshot().await?
+            }
+            None => Snapshot::default(),
+        };
+        let (tx, mut rx) = mpsc::channel::<Found>(1024);
+        let mut walkers = JoinSet::new();
+        let whole_tree = matches!(scope, Scope::All);
+        if let Scope::Paths(paths) = scope {
+            let roots: Vec<PathBuf> = self
+                .shared
+                .cfg
+                .sources
+                .iter()
+                .map(|s| s.root.clone())
+                .collect();
+            let tx = tx.clone();
+            walkers.spawn_blocking(move || source::visit_paths(&roots, paths, &tx));
+        }
+        for (n, src) in self
+            .shared
+            .cfg
+            .sources
+            .iter()
+            .enumerate()
+            .filter(|_| whole_tree)
+        {
+            let tx = tx.clone();
+            let root = src.root.clone();
+            let stats = self.shared.stats.clone();
+            walkers.spawn_blocking(move || {
+                if let Err(e) = source::walk(n, &root, &tx) {
+                    tracing::error!(root = %root.display(), error = %e, "source root unreadable");
+                    stats.fail(Failure {
+                        path: root.display().to_string(),
+                        target: None,
+                        reason: "source_unreadable".into(),
+                        message: e.to_string(),
+                        code: None,
+                        request_id: None,
+                    });
+                }
+            });
+        }
+        drop(tx);
+        let mut planner = Planner {
+            shared: &self.shared,
+            snapshot: &snapshot,
+            opts,
+            policy_now: now_ms(),
+            seen: HashMap::new(),
+            seen_paths: HashSet::new(),
+            whole_tree,
+            root_files: vec![None; self.shared.cfg.sources.len()],
+            gone: Vec::new(),
+            dry_run_ledger: self.dry_run || self.ledger.is_none() || opts.dry_run,
+        };
+        let max_reads = std::thread::available_parallelism().map_or(2, std::num::NonZero::get) * 2;
+        let mut reads = FuturesUnordered::new();
+        let mut walking = true;
+        while walking || !reads.is_empty() {
+            if self.shared.cancel.is_cancelled() {
+                break;
+            }
+            tokio::select! {
+                Some(done) = reads.next(), if !reads.is_empty() => planner.after_read(done).await,
+                found = rx.recv(), if walking && reads.len() < max_reads => match found {
+                    Some(Found::File(entry)) => {
+                        if let Some(read) = planner.on_file(entry) {
+                            reads.push(read);
+                        }
+                    }
+                    Some(Found::Problem { path, message }) => {
+                        tracing::warn!(path = %path.display(), %message, "skipped");
+                        planner.shared.stats.skip("unfollowed_link");
+                    }
+                    Some(Found::Gone { source, path }) => planner.on_gone(source, &path),
+                    Some(Found::RootDone { source, files }) => planner.root_files[source] = Some(files),
+                    None => walking = false,
+                },
+            }
+        }
+        drop(rx);
+        while let Some(r) = walkers.join_next().await {
+            if let Err(e) = r {
+                if e.is_panic() {
+                    return Err(EngineError::Panicked {
+                        task: "source walk",
+                        message: panic_message(e),
+                    });
+                }
+            }
+        }
+        let report = if self.shared.cancel.is_cancelled() {
+            PassReport::default()
+        } else {
+            planner.deletions().await
+        };
+        self.take_fatal().map(|()| report)
+    }
+
+    /// Waits until every queued upload is done (or the run is cancelled).
+    pub async fn drain(&self) -> Result<(), EngineError> {
+        tokio::select! {
+            () = self.shared.queue.idle() => {}
+            () = self.shared.cancel.cancelled() => {}
+        }
+        self.flush().await;
+        self.take_fatal()
+    }
+
+    /// Waits until the ledger has written everything sent to it so far.
+    pub async fn flush(&self) {
+        if self.writer_task.is_none() {
+            return;
+        }
+        let (tx, rx) = oneshot::channel();
+        if self.shared.writer.send(WriterMsg::Flush(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    fn take_fatal(&self) -> Result<(), EngineError> {
+        match self
+            .shared
+            .fatal
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+        {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Stops the workers: those with an upload in flight get `grace` to finish it, then are
+    /// aborted. Jobs not started are dropped (the next pass plans them again). The ledger is
+    /// flushed and every task joined.
+    pub async fn shutdown(mut self, grace: Duration) -> Result<(), EngineError> {
+        self.shared.queue.close();
+        self.shared.cancel.cancel();
+        let dropped = self.shared.queue.clear();
+        if dropped > 0 {
+            tracing::info!(dropped, "queued uploads left for the next run");
+        }
+        let mut result = Ok(());
+        let deadline = tokio::time::sleep(grace);
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                r = self.workers.join_next() => match r {
+                    None => break,
+                    Some(Err(e)) if e.is_panic() => {
+                        let message = panic_message(e);
+                        tracing::error!(%message, "worker panicked");
+                        result = Err(EngineError::Panicked { task: "worker", message });
+                    }
+                    Some(_) => {}
+                },
+                () = &mut deadline => {
+                    tracing::warn!(in_flight = self.workers.len(), "grace period over; aborting in-flight uploads");
+                    self.workers.abort_all();
+                    while self.workers.join_next().await.is_some() {}
+                    break;
+                }
+            }
+        }
+        self.flush().await;
+        // The writer ends when every sender is gone: ours is the last one besides the tasks
+        // already joined.
+        let writer_task = self.writer_task.take();
+        drop(self.shared);
+        if let Some(w) = writer_task {
+            match w.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => result = result.and(Err(e.into())),
+                Err(e) => {
+                    result = result.and(Err(EngineError::Panicked {
+                        task: "ledger writer",
+                        message: panic_message(e),
+                    }));
+                }
+            }
+        }
+        if let Some(l) = self.ledger.take() {
+            l.close().await;
+        }
+        result
+    }
+}
+
+fn panic_message(e: tokio::task::JoinError) -> String {
+    match e.try_into_panic() {
+        Ok(p) => p
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| p.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".into()),
+        Err(e) => e.to_string(),
+    }
+}
+
+type ReadResult = (FileEntry, Target, Result<(Bytes, String), std::io::Error>);
+
+struct Planner<'a> {
+    shared: &'a Arc<Shared>,
+    snapshot: &'a Snapshot,
+    opts: PassOptions,
+    policy_now: i64,
+    /// Targets seen in this pass, with the file that claimed each (for conflicts).
+    seen: HashMap<String, (i64, PathBuf)>,
+    /// Every photo path seen in a whole-tree pass (what the ledger knows beyond it is gone).
+    seen_paths: HashSet<String>,
+    whole_tree: bool,
+    /// Files found under each root, once its walk finished.
+    root_files: Vec<Option<u64>>,
+    /// Known photo files that are gone: (source, path).
+    gone: Vec<(usize, String)>,
+    dry_run_ledger: bool,
+}
+
+impl Planner<'_> {
+    fn policy(&self) -> Policy<'_> {
+        Policy {
+            fingerprint: &self.shared.fingerprint,
+            force: self.opts.force,
+            retry_transient_now: self.opts.retry_transient_now,
+            now_ms: self.policy_now,
+        }
+    }
+
+    fn source(&self, n: usize) -> &SourceConfig {
+        &self.shared.cfg.sources[n]
+    }
+
+    /// Step 1: mapping, conflicts, and the stat-only check. Returns a read to run when the
+    /// content has to be looked at.
+    fn on_file(&mut self, entry: FileEntry) -> Option<tokio::task::JoinHandle<ReadResult>> {
+        let stats = &self.shared.stats;
+        let target = match map_path(self.source(entry.source), &entry.rel) {
+            Mapped::Skipped(why) => {
+                stats.skip(why.as_str());
+                return None;
+            }
+            Mapped::Invalid(e) => {
+                tracing::warn!(path = %entry.path.display(), error = %e, "no target for file");
+                stats.fail(Failure {
+                    path: entry.path.display().to_string(),
+                    target: None,
+                    reason: "bad_name".into(),
+                    message: e.to_string(),
+                    code: None,
+                    request_id: None,
+                });
+                return None;
+            }
+            Mapped::Photo(t) => t,
+        };
+        Stats::add(&stats.files, 1);
+        let key = target.key();
+        if self.whole_tree {
+            if let Some(p) = entry.path.to_str() {
+                self.seen_paths.insert(p.to_owned());
+            }
+        }
+        if self.loses_conflict(&key, &entry) {
+            return None;
+        }
+        let Some(path) = entry.path.to_str() else {
+            stats.fail(Failure {
+                path: entry.path.display().to_string(),
+                target: Some(key),
+                reason: "bad_name".into(),
+                message: "path is not valid UTF-8".into(),
+                code: None,
+                request_id: None,
+            });
+            return None;
+        };
+        if entry.size > MAX_INPUT_BYTES {
+            stats.fail(Failure {
+                path: path.to_owned(),
+                target: Some(key),
+                reason: "too_large".into(),
+                message: format!(
+                    "{} bytes is larger than any photo ({} MiB limit)",
+                    entry.size,
+                    MAX_INPUT_BYTES >> 20
+                ),
+                code: None,
+                request_id: None,
+            });
+            return None;
+        }
+        let known = Known {
+            file: self.snapshot.files.get(path),
+            target: self.snapshot.targets.get(&key),
+        };
+        match plan::quick(&known, &key, entry.size, entry.mtime_ns, &self.policy()) {
+            Quick::Unchanged => {
+                Stats::add(&stats.unchanged, 1);
+                None
+            }
+            Quick::KnownBad => {
+                self.known_bad(path, &key);
+                None
+            }
+            Quick::NotDue => {
+                Stats::add(&stats.pending, 1);
+                None
+            }
+            Quick::Read => Some(tokio::task::spawn_blocking(move || {
+                let read = std::fs::read(&entry.path).map(|b| {
+                    let hash = blake3::hash(&b).to_hex().to_string();
+                    (Bytes::from(b), hash)
+                });
+                (entry, target, read)
+            })),
+        }
+    }
+
+    /// Two files for one target: the newest wins (ties: the greater path), the other is skipped
+    /// and reported. Looks at files seen in this pass and at files the ledger knows.
+    fn loses_conflict(&mut self, key: &str, entry: &FileEntry) -> bool {
+        let mine = (entry.mtime_ns, entry.path.clone());
+        let mut rival: Option<(i64, PathBuf)> = self.seen.get(key).cloned();
+        for other in self.snapshot.files_of(key) {
+            let other = PathBuf::from(other);
+            if other == entry.path || rival.as_ref().is_some_and(|r| r.1 == other) {
+                continue;
+            }
+            if let Ok(meta) = std::fs::metadata(&other) {
+                let candidate = (source::mtime_ns(&meta), other);
+                if rival.as_ref().is_none_or(|r| candidate > *r) {
+                    rival = Some(candidate);
+                }
+            }
+        }
+        let Some(rival) = rival else {
+            self.seen.insert(key.to_owned(), mine);
+            return false;
+        };
+        if rival > mine {
+            tracing::warn!(
+                target = key,
+                path = %entry.path.display(),
+                winner = %rival.1.display(),
+                "two files name one target; the newest wins"
+            );
+            self.shared.stats.skip("conflict");
+            self.seen.insert(key.to_owned(), rival);
+            true
+        } else {
+            if rival.1 != mine.1 {
+                tracing::warn!(
+                    target = key,
+                    path = %rival.1.display(),
+                    winner = %entry.path.display(),
+                    "two files name one target; the newest wins"
+                );
+                self.shared.stats.skip("conflict");
+            }
+            self.seen.insert(key.to_owned(), mine);
+            false
+        }
+    }
+
+    fn on_gone(&mut self, source: usize, path: &std::path::Path) {
+        if let Some(p) = path.to_str() {
+            if self.snapshot.files.contains_key(p) {
+                self.gone.push((source, p.to_owned()));
+            }
+        }
+    }
+
+    /// After the walk: what the ledger knows that was not found is gone. The ledger forgets those
+    /// files; with `on_delete = "delete"` their targets' photos are deleted, unless that would be
+    /// more than `max_deletes_per_pass` or a root came back empty (an unmounted share looks like
+    /// a tree whose every photo was deleted).
+    async fn deletions(&mut self) -> PassReport {
+        let cfg = &self.shared.cfg;
+        if self.whole_tree {
+            let roots: Vec<String> = cfg
+                .sources
+                .iter()
+                .map(|s| s.root.display().to_string())
+                .collect();
+            for (path, row) in &self.snapshot.files {
+                let Some(n) = roots.iter().position(|r| *r == row.source) else {
+                    continue;
+                };
+                // Only roots whose walk completed can say a file is gone.
+                if self.root_files[n].is_some() && !self.seen_paths.contains(path) {
+                    self.gone.push((n, path.clone()));
+                }
+            }
+        }
+        let mut report = PassReport::default();
+        if self.gone.is_empty() {
+            return report;
+        }
+        let gone = std::mem::take(&mut self.gone);
+        let mut deletes = Vec::new();
+        for (n, path) in &gone {
+            let Some(key) = self
+                .snapshot
+                .files
+                .get(path)
+                .and_then(|f| f.target_key.clone())
+            else {
+                continue;
+            };
+            let synced =
+                self.snapshot.targets.get(&key).is_some_and(|t| {
+                    t.state == "synced" && t.path.as_deref() == Some(path.as_str())
+                });
+            // Another file still names this target (a conflict, or a rename within it).
+            let still_named = self.seen.contains_key(&key)
+                || self
+                    .snapshot
+                    .files_of(&key)
+                    .iter()
+                    .any(|p| p != path && std::path::Path::new(p).exists());
+            if synced && !still_named {
+                deletes.push((*n, path.clone(), key));
+            }
+        }
+        let mut refused_roots = HashSet::new();
+        if cfg.sync.on_delete == crate::config::OnDelete::Delete {
+            for (n, _, _) in &deletes {
+                if self.whole_tree && self.root_files[*n] == Some(0) {
+                    refused_roots.insert(*n);
+                }
+            }
+            for n in &refused_roots {
+                tracing::error!(
+                    root = %cfg.sources[*n].root.display(),
+                    "source root is empty but the ledger knows photos under it; is the share mounted? refusing to delete any photo"
+                );
+            }
+            let allowed: Vec<_> = deletes
+                .iter()
+                .filter(|(n, _, _)| !refused_roots.contains(n))
+                .collect();
+            if allowed.len() > cfg.sync.max_deletes_per_pass {
+                tracing::error!(
+                    deletions = allowed.len(),
+                    limit = cfg.sync.max_deletes_per_pass,
+                    "refusing to delete this many photos in one pass (sync.max_deletes_per_pass); if this is intended, raise the limit"
+                );
+                report.deletions_refused = deletes.len();
+                self.shared.stats.skip("delete_refused");
+                return report;
+            }
+            report.deletions_refused = deletes.len() - allowed.len();
+        }
+        // Forget the files (not those under a root that looked unmounted: they may come back).
+        for (n, path) in &gone {
+            if refused_roots.contains(n) || self.dry_run_ledger {
+                continue;
+            }
+            self.send(Op::ForgetFile { path: path.clone() }).await;
+        }
+        if cfg.sync.on_delete != crate::config::OnDelete::Delete {
+            for (_, path, key) in &deletes {
+                tracing::info!(%path, target = %key, "photo file removed; the photo in Graph is kept (sync.on_delete = \"keep\")");
+            }
+            return report;
+        }
+        for (n, path, key) in deletes {
+            if refused_roots.contains(&n) {
+                continue;
+            }
+            let Some(target) = Target::from_key(&key) else {
+                continue;
+            };
+            if target.kind == crate::config::TargetKind::Contact {
+                tracing::info!(%path, target = %key, "contact photos cannot be deleted through Graph; left as is");
+                continue;
+            }
+            report.deletions += 1;
+            if self.dry_run_ledger {
+                println!("would delete the photo of {key} ({path} was removed)");
+                continue;
+            }
+            let job = Job {
+                target,
+                key,
+                path,
+                action: Action::Delete,
+            };
+            tokio::select! {
+                _ = self.shared.queue.push(job) => {}
+                () = self.shared.cancel.cancelled() => break,
+            }
+        }
+        report
+    }
+
+    fn known_bad(&self, path: &str, key: &str) {
+        let t = self.snapshot.targets.get(key);
+        self.shared.stats.fail(Failure {
+            path: path.to_owned(),
+            target: Some(key.to_owned()),
+            reason: t
+                .and_then(|t| t.error_reason.clone())
+                .unwrap_or_else(|| "failed".into()),
+            message: "failed before with this exact content; not retried until the file changes or `photosync retry`".into(),
+            code: None,
+            request_id: None,
+        });
+    }
+
+    /// Steps 2–4 once the content is read.
+    async fn after_read(&mut self, done: Result<ReadResult, tokio::task::JoinError>) {
+        let (entry, target, read) = match done {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "read task failed");
+                return;
+            }
+        };
+        let stats = &self.shared.stats;
+        let path = entry.path.to_str().unwrap_or_default().to_owned();
+        let key = target.key();
+        let (bytes, hash) = match read {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(%path, error = %e, "cannot read photo");
+                stats.fail(Failure {
+                    path,
+                    target: Some(key),
+                    reason: "unreadable".into(),
+                    message: e.to_string(),
+                    code: None,
+                    request_id: None,
+                });
+                return;
+            }
+        };
+        Stats::add(&stats.bytes_read, bytes.len() as u64);
+        if !self.dry_run_ledger {
+            self.send(Op::File {
+                path: path.clone(),
+                source: self.source(entry.source).root.display().to_string(),
+                size: entry.size as i64,
+                mtime_ns: entry.mtime_ns,
+                content_hash: Some(hash.clone()),
+                target_key: Some(key.clone()),
+                now: now_ms(),
+            })
+            .await;
+        }
+        match plan::after_hash(self.snapshot.targets.get(&key), &hash, &self.policy()) {
+            Decision::Unchanged => Stats::add(&stats.unchanged, 1),
+            Decision::KnownBad => self.known_bad(&path, &key),
+            Decision::NotDue => Stats::add(&stats.pending, 1),
+            Decision::Upload(reason) if self.opts.dry_run || self.dry_run_ledger => {
+                self.describe(&target, &path, bytes, reason).await;
+            }
+            Decision::Upload(reason) => {
+                let kib = (bytes.len() / 1024 + 1).min(MEMORY_BUDGET_KIB) as u32;
+                let Ok(memory) = self.shared.memory.clone().acquire_many_owned(kib).await else {
+                    return;
+                };
+                let job = Job {
+                    target,
+                    key,
+                    path,
+                    action: Action::Upload {
+                        hash,
+                        bytes,
+                        reason,
+                        _memory: memory,
+                    },
+                };
+                tokio::select! {
+                    _ = self.shared.queue.push(job) => {}
+                    () = self.shared.cancel.cancelled() => {}
+                }
+            }
+        }
+    }
+
+    async fn send(&self, op: Op) {
+        if self
+            .shared
+            .writer
+            .send(WriterMsg::Op(Box::new(op)))
+            .await
+            .is_err()
+        {
+            tracing::debug!("ledger writer gone");
+        }
+    }
+
+    /// Dry run: say what would be uploaded and what the image pipeline would make of it.
+    async fn describe(&self, target: &Target, path: &str, bytes: Bytes, reason: Reason) {
+        let stats = &self.shared.stats;
+        let size = bytes.len();
+        match self.process(bytes).await {
+            Ok(p) => {
+                Stats::add(&stats.pending, 1);
+                println!(
+                    "would upload {target} ({}) from {path}: {} {}x{} {} -> {}x{} {}{}{}",
+                    reason.as_str(),
+                    p.input_format.name(),
+                    p.input_size.0,
+                    p.input_size.1,
+                    human_bytes(size as u64),
+                    p.output_size.0,
+                    p.output_size.1,
+                    human_bytes(p.bytes.len() as u64),
+                    if p.orientation > 1 {
+                        format!(", EXIF orientation {} applied", p.orientation)
+                    } else {
+                        String::new()
+                    },
+                    if p.metadata_stripped {
+                        ", metadata stripped"
+                    } else {
+                        ""
+                    },
+                );
+            }
+            Err(f) => {
+                println!("would refuse {path} for {target}: {}", f.message);
+                stats.fail(Failure {
+                    path: path.to_owned(),
+                    target: Some(target.key()),
+                    ..f
+                });
+            }
+        }
+    }
+
+    async fn process(&self, bytes: Bytes) -> Result<Processed, Failure> {
+        run_pipeline(self.shared, bytes).await
+    }
+}
+
+/// Runs the image pipeline on the blocking pool, at most one image per core at a time.
+async fn run_pipeline(shared: &Arc<Shared>, bytes: Bytes) -> Result<Processed, Failure> {
+    let local = |reason: &str, message: String| Failure {
+        path: String::new(),
+        target: None,
+        reason: reason.to_owned(),
+        message,
+        code: None,
+        request_id: None,
+    };
+    let Ok(_slot) = shared.image_slots.acquire().await else {
+        return Err(local("cancelled", "shutting down".into()));
+    };
+    let s = shared.clone();
+    let processed = tokio::task::spawn_blocking(move || s.pipeline.process(&bytes))
+        .await
+        .map_err(|e| local("panic", format!("image pipeline panicked: {e}")))?;
+    match processed {
+        Ok(p) if p.bytes.len() > MAX_UPLOAD_BYTES => Err(local(
+            "too_large",
+            format!(
+                "{} after processing is over Graph's 4 MB request limit",
+                human_bytes(p.bytes.len() as u64)
+            ),
+        )),
+        Ok(p) => Ok(p),
+        Err(e) => Err(local(e.reason(), e.to_string())),
+    }
+}
+
+pub fn human_bytes(n: u64) -> String {
+    if n >= 1 << 20 {
+        format!("{:.1} MiB", n as f64 / f64::from(1u32 << 20))
+    } else if n >= 1 << 10 {
+        format!("{:.1} KiB", n as f64 / 1024.0)
+    } else {
+        format!("{n} B")
+    }
+}
+
+/// A worker: takes a job, makes the photo, uploads it with retries, reports the outcome.
+async fn worker(n: usize, shared: Arc<Shared>) {
+    loop {
+        let job = tokio::select! {
+            biased;
+            () = shared.cancel.cancelled() => return,
+            job = shared.queue.pop() => match job {
+                Some(j) => j,
+                None => return,
+            },
+        };
+        let key = job.key.clone();
+        let span = tracing::info_span!("upload", worker = n, target = %key);
+        tracing::Instrument::instrument(handle(&shared, job), span).await;
+        shared.queue.finish(&key);
+    }
+}
+
+async fn handle(shared: &Arc<Shared>, job: Job) {
+    match &job.action {
+        Action::Upload {
+            hash,
+            bytes,
+            reason,
+            ..
+        } => upload(shared, &job, hash, bytes.clone(), *reason).await,
+        Action::Delete => delete(shared, &job).await,
+    }
+}
+
+async fn upload(shared: &Arc<Shared>, job: &Job, hash: &str, bytes: Bytes, reason: Reason) {
+    let processed = match run_pipeline(shared, bytes).await {
+        Ok(p) => p,
+        Err(f) => {
+            tracing::warn!(path = %job.path, reason = %f.reason, error = %f.message, "photo refused");
+            record_failure(shared, job, FailureClass::Local, f, None, 0).await;
+            return;
+        }
+    };
+    let method = shared.cfg.upload.method.as_reqwest();
+    let started = std::time::Instant::now();
+    let outcome = with_retries(shared, job, || {
+        shared.graph.upload_photo(
+            method.clone(),
+            &job.target,
+            processed.bytes.clone(),
+            processed.content_type,
+        )
+    })
+    .await;
+    match outcome {
+        Outcome::Done(reply) => {
+            let stats = &shared.stats;
+            Stats::add(&stats.uploaded, 1);
+            Stats::add(&stats.bytes_uploaded, processed.bytes.len() as u64);
+            stats.observe_upload(started.elapsed());
+            tracing::info!(
+                path = %job.path,
+                reason = reason.as_str(),
+                bytes = processed.bytes.len(),
+                request_id = reply.request_id.as_deref().unwrap_or(""),
+                ms = started.elapsed().as_millis() as u64,
+                "uploaded"
+            );
+            send(
+                shared,
+                Op::Uploaded {
+                    target_key: job.key.clone(),
+                    kind: job.target.kind.as_str(),
+                    path: job.path.clone(),
+                    content_hash: hash.to_owned(),
+                    fingerprint: shared.fingerprint.clone(),
+                    bytes: processed.bytes.len() as i64,
+                    http_status: reply.status,
+                    request_id: reply.request_id,
+                    client_request_id: Some(reply.client_request_id),
+                    action: "upload",
+                    now: now_ms(),
+                },
+            )
+            .await;
+        }
+        Outcome::Failed(e, class, attempts) => fail_graph(shared, job, &e, class, attempts).await,
+        Outcome::Stopped => {}
+    }
+}
+
+async fn delete(shared: &Arc<Shared>, job: &Job) {
+    let outcome = with_retries(shared, job, || shared.graph.delete_photo(&job.target)).await;
+    let (status, request_id) = match outcome {
+        Outcome::Done(reply) => (reply.status, reply.request_id),
+        // Nothing to delete is what we wanted.
+        Outcome::Failed(
+            GraphError::Status {
+                status: 404,
+                request_id,
+                ..
+            },
+            _,
+            _,
+        ) => (404, request_id),
+        Outcome::Failed(e, class, attempts) => {
+            fail_graph(shared, job, &e, class, attempts).await;
+            return;
+        }
+        Outcome::Stopped => return,
+    };
+    Stats::add(&shared.stats.deleted, 1);
+    tracing::info!(path = %job.path, request_id = request_id.as_deref().unwrap_or(""), "photo deleted");
+    send(
+        shared,
+        Op::Deleted {
+            target_key: job.key.clone(),
+            kind: job.target.kind.as_str(),
+            path: job.path.clone(),
+            http_status: status,
+            request_id,
+            now: now_ms(),
+        },
+    )
+    .await;
+}
+
+enum Outcome {
+    Done(crate::graph::Reply),
+    Failed(GraphError, FailureClass, u32),
+    /// Cancelled, or a fatal error stopped the run.
+    Stopped,
+}
+
+/// Sends a request until it succeeds or its error class says to stop: throttling closes the
+/// shared gate and retries (up to a generous cap), transient errors back off up to
+/// `max_attempts`, permanent ones return at once, a fatal one stops the run.
+async fn with_retries<F, Fut>(shared: &Arc<Shared>, job: &Job, mut send: F) -> Outcome
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<crate::graph::Reply, GraphError>>,
+{
+    let mut attempts = 0u32;
+    let mut throttled = 0u32;
+    loop {
+        tokio::select! {
+            biased;
+            () = shared.cancel.cancelled() => return Outcome::Stopped,
+            () = shared.limiter.acquire() => {}
+        }
+        attempts += 1;
+        let e = match send().await {
+            Ok(reply) => {
+                shared.limiter.succeeded();
+                return Outcome::Done(reply);
+            }
+            Err(e) => e,
+        };
+        match e.class() {
+            ErrorClass::Fatal => {
+                tracing::error!(error = %e, "fatal error; stopping");
+                let mut fatal = shared
+                    .fatal
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                if fatal.is_none() {
+                    *fatal = Some(match e {
+                        GraphError::Auth(a) => EngineError::Auth(a),
+                        other => EngineError::Graph(other),
+                    });
+                }
+                drop(fatal);
+                shared.cancel.cancel();
+                return Outcome::Stopped;
+            }
+            ErrorClass::Throttled(retry_after) => {
+                throttled += 1;
+                attempts -= 1;
+                Stats::add(&shared.stats.throttled, 1);
+                let wait = shared.limiter.throttled(retry_after);
+                tracing::warn!(
+                    status = e.status().unwrap_or(0),
+                    retry_after_ms = wait.as_millis() as u64,
+                    request_id = e.request_id().unwrap_or(""),
+                    "throttled; every worker pauses"
+                );
+                if throttled >= MAX_THROTTLED_PER_ITEM {
+                    return Outcome::Failed(e, FailureClass::Transient, attempts);
+                }
+            }
+            ErrorClass::Transient => {
+                if attempts >= shared.cfg.upload.max_attempts {
+                    tracing::warn!(path = %job.path, attempts, error = %e, "giving up for now");
+                    return Outcome::Failed(e, FailureClass::Transient, attempts);
+                }
+                Stats::add(&shared.stats.retries, 1);
+                let wait = backoff(
+                    attempts,
+                    Duration::from_millis(500),
+                    Duration::from_secs(60),
+                );
+                tracing::info!(attempt = attempts, retry_in_ms = wait.as_millis() as u64, error = %e, "retrying");
+                tokio::select! {
+                    () = shared.cancel.cancelled() => return Outcome::Stopped,
+                    () = tokio::time::sleep(wait) => {}
+                }
+            }
+            ErrorClass::Permanent => {
+                tracing::warn!(path = %job.path, error = %e, "request refused");
+                return Outcome::Failed(e, FailureClass::Permanent, attempts);
+            }
+        }
+    }
+}
+
+/// A stable snake_case reason for a Graph error, for `status` and the summary.
+fn graph_reason(e: &GraphError) -> String {
+    match (e.status(), e.code()) {
+        (_, Some(code)) if !code.is_empty() => code.to_owned(),
+        (Some(404), _) => "not_found".into(),
+        (Some(403), _) => "forbidden".into(),
+        (Some(429), _) => "throttled".into(),
+        (Some(s), _) => format!("http_{s}"),
+        (None, _) => "network".into(),
+    }
+}
+
+async fn fail_graph(
+    shared: &Arc<Shared>,
+    job: &Job,
+    e: &GraphError,
+    class: FailureClass,
+    attempts: u32,
+) {
+    let f = Failure {
+        path: job.path.clone(),
+        target: Some(job.key.clone()),
+        reason: graph_reason(e),
+        message: e.to_string(),
+        code: e.code().map(ToOwned::to_owned),
+        request_id: e.request_id().map(ToOwned::to_owned),
+    };
+    record_failure(shared, job, class, f, e.status(), attempts).await;
+}
+
+async fn record_failure(
+    shared: &Arc<Shared>,
+    job: &Job,
+    class: FailureClass,
+    f: Failure,
+    http_status: Option<u16>,
+    attempts: u32,
+) {
+    let now = now_ms();
+    let next_attempt_at = (class == FailureClass::Transient)
+        .then(|| now + shared.cfg.sync.retry_failed_after.as_millis() as i64);
+    let (content_hash, action) = match &job.action {
+        Action::Upload { hash, .. } => (Some(hash.clone()), "upload"),
+        Action::Delete => (None, "delete"),
+    };
+    let f = Failure {
+        path: job.path.clone(),
+        target: Some(job.key.clone()),
+        ..f
+    };
+    send(
+        shared,
+        Op::Failed {
+            target_key: job.key.clone(),
+            kind: job.target.kind.as_str(),
+            path: job.path.clone(),
+            content_hash,
+            fingerprint: shared.fingerprint.clone(),
+            class,
+            reason: f.reason.clone(),
+            http_status,
+            code: f.code.clone(),
+            message: f.message.clone(),
+            request_id: f.request_id.clone(),
+            attempts,
+            next_attempt_at,
+            action,
+            now,
+        },
+    )
+    .await;
+    shared.stats.fail(f);
+}
+
+async fn send(shared: &Arc<Shared>, op: Op) {
+    if shared
+        .writer
+        .send(WriterMsg::Op(Box::new(op)))
+        .await
+        .is_err()
+    {
+        tracing::error!("ledger writer gone; outcome not recorded");
+    }
+}
+
+/// Applies ledger writes in batches: whatever has arrived since the last commit goes into one
+/// transaction. A failed commit is fatal: the run stops rather than upload what it cannot record.
+async fn writer(
+    ledger: Ledger,
+    mut rx: mpsc::Receiver<WriterMsg>,
+    shared: Arc<Shared>,
+) -> Result<(), StateError> {
+    let weak = Arc::downgrade(&shared);
+    drop(shared);
+    let mut batch = Vec::with_capacity(512);
+    let mut flushes = Vec::new();
+    while let Some(msg) = rx.recv().await {
+        let mut next = Some(msg);
+        while let Some(msg) = next.take() {
+            match msg {
+                WriterMsg::Op(op) => batch.push(*op),
+                WriterMsg::Flush(done) => flushes.push(done),
+            }
+            if batch.len() < 1000 {
+                next = rx.try_recv().ok();
+            }
+        }
+        if !batch.is_empty() {
+            let applied = ledger.apply(&batch).await;
+            if let Some(s) = weak.upgrade() {
+                Stats::flag(&s.stats.database_ok, applied.is_ok());
+            }
+            if let Err(e) = applied {
+                tracing::error!(error = %e, database = %ledger.path().display(), "cannot write the ledger; stopping");
+                if let Some(s) = weak.upgrade() {
+                    s.cancel.cancel();
+                }
+                return Err(e);
+            }
+            batch.clear();
+        }
+        for done in flushes.drain(..) {
+            let _ = done.send(());
+        }
+    }
+    Ok(())
+}

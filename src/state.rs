@@ -1,0 +1,573 @@
+//! The ledger: a SQLite file that remembers what photosync saw and what it sent.
+//!
+//! Invariants:
+//! - a target is `synced` only after Graph answered 2xx, and that state change is written in the
+//!   same transaction as its history row;
+//! - writes are applied in batches, each batch one transaction (WAL, `synchronous = NORMAL`), so
+//!   a crash loses at most the batch being written: the next run redoes those uploads, which is
+//!   safe because a photo upload is idempotent;
+//! - the planner reads a [`Snapshot`] loaded in one query per table, never a query per file.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row, SqlitePool};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("cannot create the database folder {path}: {source}")]
+    CreateDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot open the database {path}: {source}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("cannot migrate the database {path}: {source}")]
+    Migrate {
+        path: PathBuf,
+        #[source]
+        source: sqlx::migrate::MigrateError,
+    },
+    #[error("database error: {0}")]
+    Query(#[from] sqlx::Error),
+}
+
+/// What the ledger remembers of one file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileRow {
+    /// The source root it was found under.
+    pub source: String,
+    pub size: i64,
+    pub mtime_ns: i64,
+    pub content_hash: Option<String>,
+    pub target_key: Option<String>,
+}
+
+/// What the ledger remembers of one target.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TargetRow {
+    pub state: String,
+    pub path: Option<String>,
+    pub last_hash: Option<String>,
+    pub last_fingerprint: Option<String>,
+    pub failed_hash: Option<String>,
+    pub failed_fingerprint: Option<String>,
+    pub error_class: Option<String>,
+    pub error_reason: Option<String>,
+    pub next_attempt_at: Option<i64>,
+}
+
+/// The whole ledger as the planner needs it, loaded at the start of a pass.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    pub files: HashMap<String, FileRow>,
+    pub targets: HashMap<String, TargetRow>,
+    /// Targets that more than one known file maps to, with those files: the only ones where a
+    /// conflict has to be looked at.
+    pub shared_targets: HashMap<String, Vec<String>>,
+}
+
+impl Snapshot {
+    /// Paths the ledger maps to `target_key`, when more than one does.
+    pub fn files_of(&self, target_key: &str) -> &[String] {
+        self.shared_targets
+            .get(target_key)
+            .map_or(&[], Vec::as_slice)
+    }
+}
+
+/// The outcome of an attempt, as the ledger records it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureClass {
+    /// Retried later (after `next_attempt_at`, or at the next backfill).
+    Transient,
+    /// Not retried until the file changes or an operator runs `retry`.
+    Permanent,
+    /// Refused before sending (not an image, too large, bad name).
+    Local,
+}
+
+impl FailureClass {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureClass::Transient => "transient",
+            FailureClass::Permanent => "permanent",
+            FailureClass::Local => "local",
+        }
+    }
+}
+
+/// One write. A batch of these is applied in one transaction.
+#[derive(Debug, Clone)]
+pub enum Op {
+    /// A file was seen with this stat and (when read) this hash.
+    File {
+        path: String,
+        source: String,
+        size: i64,
+        mtime_ns: i64,
+        content_hash: Option<String>,
+        target_key: Option<String>,
+        now: i64,
+    },
+    /// Graph answered 2xx to an upload.
+    Uploaded {
+        target_key: String,
+        kind: &'static str,
+        path: String,
+        content_hash: String,
+        fingerprint: String,
+        bytes: i64,
+        http_status: u16,
+        request_id: Option<String>,
+        client_request_id: Option<String>,
+        action: &'static str,
+        now: i64,
+    },
+    /// A photo file is gone from the tree: the ledger forgets it.
+    ForgetFile { path: String },
+    /// Graph answered 2xx (or 404: nothing to delete) to a photo DELETE.
+    Deleted {
+        target_key: String,
+        kind: &'static str,
+        path: String,
+        http_status: u16,
+        request_id: Option<String>,
+        now: i64,
+    },
+    /// An attempt failed, or a file was refused before sending.
+    Failed {
+        target_key: String,
+        kind: &'static str,
+        path: String,
+        content_hash: Option<String>,
+        fingerprint: String,
+        class: FailureClass,
+        reason: String,
+        http_status: Option<u16>,
+        code: Option<String>,
+        message: String,
+        request_id: Option<String>,
+        attempts: u32,
+        next_attempt_at: Option<i64>,
+        action: &'static str,
+        now: i64,
+    },
+}
+
+#[derive(Clone, Debug)]
+pub struct Ledger {
+    pool: SqlitePool,
+    path: PathBuf,
+}
+
+impl Ledger {
+    /// Opens (creating if needed) and migrates the database.
+    pub async fn open(path: &Path) -> Result<Ledger, StateError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|source| StateError::CreateDir {
+                path: dir.to_owned(),
+                source,
+            })?;
+        }
+        let opts = Self::options(path)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(2)
+            .connect_with(opts)
+            .await
+            .map_err(|source| StateError::Open {
+                path: path.to_owned(),
+                source,
+            })?;
+        sqlx::migrate!()
+            .run(&pool)
+            .await
+            .map_err(|source| StateError::Migrate {
+                path: path.to_owned(),
+                source,
+            })?;
+        Ok(Ledger {
+            pool,
+            path: path.to_owned(),
+        })
+    }
+
+    /// Opens an existing database without writing to it (for `--dry-run` and `status`);
+    /// `None` when there is none yet.
+    pub async fn open_read_only(path: &Path) -> Result<Option<Ledger>, StateError> {
+        if !path.exists() {
+            return Ok(None);
+        }
+        let opts = Self::options(path)?
+            .read_only(true)
+            .busy_timeout(Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(opts)
+            .await
+            .map_err(|source| StateError::Open {
+                path: path.to_owned(),
+                source,
+            })?;
+        Ok(Some(Ledger {
+            pool,
+            path: path.to_owned(),
+        }))
+    }
+
+    fn options(path: &Path) -> Result<SqliteConnectOptions, StateError> {
+        Ok(SqliteConnectOptions::from_str("sqlite://")
+            .map_err(|source| StateError::Open {
+                path: path.to_owned(),
+                source,
+            })?
+            .filename(path))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// Loads everything the planner compares against, in two queries.
+    pub async fn snapshot(&self) -> Result<Snapshot, StateError> {
+        let mut snap = Snapshot::default();
+        let rows =
+            sqlx::query("SELECT path, source, size, mtime_ns, content_hash, target_key FROM files")
+                .fetch_all(&self.pool)
+                .await?;
+        snap.files.reserve(rows.len());
+        for r in rows {
+            snap.files.insert(
+                r.get(0),
+                FileRow {
+                    source: r.get(1),
+                    size: r.get(2),
+                    mtime_ns: r.get(3),
+                    content_hash: r.get(4),
+                    target_key: r.get(5),
+                },
+            );
+        }
+        let mut by_target: HashMap<&str, Vec<&str>> = HashMap::new();
+        for (p, f) in &snap.files {
+            if let Some(t) = &f.target_key {
+                by_target.entry(t).or_default().push(p);
+            }
+        }
+        snap.shared_targets = by_target
+            .into_iter()
+            .filter(|(_, v)| v.len() > 1)
+            .map(|(k, v)| (k.to_owned(), v.into_iter().map(str::to_owned).collect()))
+            .collect();
+        let rows = sqlx::query(
+            "SELECT target_key, state, path, last_hash, last_fingerprint, failed_hash,
+                    failed_fingerprint, error_class, error_reason, next_attempt_at FROM targets",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        snap.targets.reserve(rows.len());
+        for r in rows {
+            snap.targets.insert(
+                r.get(0),
+                TargetRow {
+                    state: r.get(1),
+                    path: r.get(2),
+                    last_hash: r.get(3),
+                    last_fingerprint: r.get(4),
+                    failed_hash: r.get(5),
+                    failed_fingerprint: r.get(6),
+                    error_class: r.get(7),
+                    error_reason: r.get(8),
+                    next_attempt_at: r.get(9),
+                },
+            );
+        }
+        Ok(snap)
+    }
+
+    /// Applies a batch in one transaction.
+    pub async fn apply(&self, ops: &[Op]) -> Result<(), StateError> {
+        let mut tx = self.pool.begin().await?;
+        for op in ops {
+            match op {
+                Op::File {
+                    path,
+                    source,
+                    size,
+                    mtime_ns,
+                    content_hash,
+                    target_key,
+                    now,
+                } => {
+                    sqlx::query(
+                        "INSERT INTO files (path, source, size, mtime_ns, content_hash, target_key, last_seen)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                         ON CONFLICT (path) DO UPDATE SET source = ?2, size = ?3, mtime_ns = ?4,
+                           content_hash = ?5, target_key = ?6, last_seen = ?7",
+                    )
+                    .bind(path)
+                    .bind(source)
+                    .bind(size)
+                    .bind(mtime_ns)
+                    .bind(content_hash)
+                    .bind(target_key)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                Op::Uploaded {
+                    target_key,
+                    kind,
+                    path,
+                    content_hash,
+                    fingerprint,
+                    bytes,
+                    http_status,
+                    request_id,
+                    client_request_id,
+                    action,
+                    now,
+                } => {
+                    sqlx::query(
+                        "INSERT INTO targets (target_key, kind, state, path, last_hash, last_fingerprint,
+                           last_uploaded_at, last_request_id, attempts, updated_at)
+                         VALUES (?1, ?2, 'synced', ?3, ?4, ?5, ?6, ?7, 0, ?6)
+                         ON CONFLICT (target_key) DO UPDATE SET state = 'synced', path = ?3,
+                           last_hash = ?4, last_fingerprint = ?5, last_uploaded_at = ?6,
+                           last_request_id = ?7, attempts = 0, next_attempt_at = NULL,
+                           failed_hash = NULL, failed_fingerprint = NULL, error_class = NULL,
+                           error_reason = NULL, error_status = NULL, error_code = NULL,
+                           error_message = NULL, error_request_id = NULL, error_at = NULL,
+                           updated_at = ?6",
+                    )
+                    .bind(target_key)
+                    .bind(kind)
+                    .bind(path)
+                    .bind(content_hash)
+                    .bind(fingerprint)
+                    .bind(now)
+                    .bind(request_id)
+                    .execute(&mut *tx)
+                    .await?;
+                    sqlx::query(
+                        "INSERT INTO uploads (at, target_key, path, content_hash, fingerprint, bytes,
+                           action, result, http_status, request_id, client_request_id)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'ok', ?8, ?9, ?10)",
+                    )
+                    .bind(now)
+                    .bind(target_key)
+                    .bind(path)
+                    .bind(content_hash)
+                    .bind(fingerprint)
+                    .bind(bytes)
+                    .bind(action)
+                    .bind(i64::from(*http_status))
+                    .bind(request_id)
+                    .bind(client_request_id)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                Op::ForgetFile { path } => {
+                    sqlx::query("DELETE FROM files WHERE path = ?1")
+                        .bind(path)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                Op::Deleted {
+                    target_key,
+                    kind,
+                    path,
+                    http_status,
+                    request_id,
+                    now,
+                } => {
+                    sqlx::query(
+                        "INSERT INTO targets (target_key, kind, state, path, updated_at)
+                         VALUES (?1, ?2, 'deleted', ?3, ?4)
+                         ON CONFLICT (target_key) DO UPDATE SET state = 'deleted', path = ?3,
+                           last_hash = NULL, last_fingerprint = NULL, media_etag = NULL,
+                           attempts = 0, next_attempt_at = NULL, failed_hash = NULL,
+                           failed_fingerprint = NULL, error_class = NULL, error_reason = NULL,
+                           error_status = NULL, error_code = NULL, error_message = NULL,
+                           error_request_id = NULL, error_at = NULL, updated_at = ?4",
+                    )
+                    .bind(target_key)
+                    .bind(kind)
+                    .bind(path)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                    sqlx::query(
+                        "INSERT INTO uploads (at, target_key, path, action, result, http_status, request_id)
+                         VALUES (?1, ?2, ?3, 'delete', 'ok', ?4, ?5)",
+                    )
+                    .bind(now)
+                    .bind(target_key)
+                    .bind(path)
+                    .bind(i64::from(*http_status))
+                    .bind(request_id)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                Op::Failed {
+                    target_key,
+                    kind,
+                    path,
+                    content_hash,
+                    fingerprint,
+                    class,
+                    reason,
+                    http_status,
+                    code,
+                    message,
+                    request_id,
+                    attempts,
+                    next_attempt_at,
+                    action,
+                    now,
+                } => {
+                    sqlx::query(
+                        "INSERT INTO targets (target_key, kind, state, path, attempts, next_attempt_at,
+                           failed_hash, failed_fingerprint, error_class, error_reason, error_status,
+                           error_code, error_message, error_request_id, error_at, updated_at)
+                         VALUES (?1, ?2, 'failed', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?14)
+                         ON CONFLICT (target_key) DO UPDATE SET state = 'failed', path = ?3,
+                           attempts = ?4, next_attempt_at = ?5, failed_hash = ?6,
+                           failed_fingerprint = ?7, error_class = ?8, error_reason = ?9,
+                           error_status = ?10, error_code = ?11, error_message = ?12,
+                           error_request_id = ?13, error_at = ?14, updated_at = ?14",
+                    )
+                    .bind(target_key)
+                    .bind(kind)
+                    .bind(path)
+                    .bind(i64::from(*attempts))
+                    .bind(next_attempt_at)
+                    .bind(content_hash)
+                    .bind(fingerprint)
+                    .bind(class.as_str())
+                    .bind(reason)
+                    .bind(http_status.map(i64::from))
+                    .bind(code)
+                    .bind(message)
+                    .bind(request_id)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                    sqlx::query(
+                        "INSERT INTO uploads (at, target_key, path, content_hash, fingerprint, action,
+                           result, http_status, error_code, error_message, request_id)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                    )
+                    .bind(now)
+                    .bind(target_key)
+                    .bind(path)
+                    .bind(content_hash)
+                    .bind(fingerprint)
+                    .bind(action)
+                    .bind(format!("failed_{}", class.as_str()))
+                    .bind(http_status.map(i64::from))
+                    .bind(code)
+                    .bind(message)
+                    .bind(request_id)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Counts of targets by state (for summaries and `status`).
+    pub async fn counts_by_state(&self) -> Result<Vec<(String, i64)>, StateError> {
+        let rows = sqlx::query("SELECT state, COUNT(*) FROM targets GROUP BY state ORDER BY state")
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn synced_only_with_history_and_snapshot_sees_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = Ledger::open(&dir.path().join("sub/state.db"))
+            .await
+            .unwrap();
+        l.apply(&[
+            Op::File {
+                path: "/p/a.jpg".into(),
+                source: "/p".into(),
+                size: 10,
+                mtime_ns: 5,
+                content_hash: Some("h".into()),
+                target_key: Some("user:a@x".into()),
+                now: 1,
+            },
+            Op::Uploaded {
+                target_key: "user:a@x".into(),
+                kind: "user",
+                path: "/p/a.jpg".into(),
+                content_hash: "h".into(),
+                fingerprint: "f".into(),
+                bytes: 10,
+                http_status: 200,
+                request_id: Some("r".into()),
+                client_request_id: None,
+                action: "upload",
+                now: 2,
+            },
+        ])
+        .await
+        .unwrap();
+        let s = l.snapshot().await.unwrap();
+        assert_eq!(s.files["/p/a.jpg"].content_hash.as_deref(), Some("h"));
+        assert_eq!(s.targets["user:a@x"].state, "synced");
+        assert!(s.files_of("user:a@x").is_empty());
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM uploads")
+            .fetch_one(l.pool())
+            .await
+            .unwrap();
+        assert_eq!(n, 1);
+        // Reopening runs the migrations again as a no-op.
+        l.close().await;
+        let l = Ledger::open(&dir.path().join("sub/state.db"))
+            .await
+            .unwrap();
+        assert_eq!(
+            l.counts_by_state().await.unwrap(),
+            [("synced".to_owned(), 1)]
+        );
+    }
+}

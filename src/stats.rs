@@ -1,0 +1,122 @@
+//! Counters and the failure list of a run, shared by the planner, the workers and the CLI.
+//!
+//! Counting only: nothing here decides anything. Every photo seen ends in exactly one of
+//! uploaded, unchanged, skipped, pending or failed, so the summary adds up.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::Mutex;
+
+/// One item that did not sync, as the summary and `status` show it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Failure {
+    pub path: String,
+    pub target: Option<String>,
+    /// Stable snake_case reason, e.g. `truncated`, `not_found`, `throttled`.
+    pub reason: String,
+    pub message: String,
+    pub code: Option<String>,
+    pub request_id: Option<String>,
+}
+
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub files: AtomicU64,
+    pub uploaded: AtomicU64,
+    pub deleted: AtomicU64,
+    pub unchanged: AtomicU64,
+    pub pending: AtomicU64,
+    pub failed: AtomicU64,
+    pub retries: AtomicU64,
+    pub throttled: AtomicU64,
+    pub bytes_read: AtomicU64,
+    pub bytes_uploaded: AtomicU64,
+    /// Gauges the daemon keeps current, for `/metrics`, `/readyz` and systemd's STATUS.
+    pub queued: AtomicU64,
+    pub in_flight: AtomicU64,
+    /// Unix ms of the last successful upload.
+    pub last_success_ms: AtomicI64,
+    pub token_refresh_failures: AtomicU64,
+    pub token_ok: AtomicBool,
+    pub database_ok: AtomicBool,
+    pub watchers_ok: AtomicBool,
+    /// Upload latency: counts per bucket of [`LATENCY_BUCKETS_MS`] (+ one for larger), and the sum.
+    latency: Mutex<(Vec<u64>, f64)>,
+    skipped: Mutex<BTreeMap<&'static str, u64>>,
+    failures: Mutex<Vec<Failure>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Upper bounds (ms) of the upload latency histogram's buckets.
+pub const LATENCY_BUCKETS_MS: &[u64] =
+    &[50, 100, 250, 500, 1000, 2500, 5000, 10_000, 30_000, 60_000];
+
+impl Stats {
+    pub fn set(counter: &AtomicU64, n: u64) {
+        counter.store(n, Ordering::Relaxed);
+    }
+
+    pub fn flag(flag: &AtomicBool, on: bool) {
+        flag.store(on, Ordering::Relaxed);
+    }
+
+    pub fn is(flag: &AtomicBool) -> bool {
+        flag.load(Ordering::Relaxed)
+    }
+
+    pub fn observe_upload(&self, took: std::time::Duration) {
+        self.last_success_ms
+            .store(crate::state::now_ms(), Ordering::Relaxed);
+        let ms = took.as_millis() as u64;
+        let mut l = lock(&self.latency);
+        if l.0.is_empty() {
+            l.0 = vec![0; LATENCY_BUCKETS_MS.len() + 1];
+        }
+        let i = LATENCY_BUCKETS_MS
+            .iter()
+            .position(|b| ms <= *b)
+            .unwrap_or(LATENCY_BUCKETS_MS.len());
+        l.0[i] += 1;
+        l.1 += took.as_secs_f64();
+    }
+
+    /// Per-bucket counts (not cumulative) and the sum in seconds.
+    pub fn latency(&self) -> (Vec<u64>, f64) {
+        let l = lock(&self.latency);
+        let mut counts = l.0.clone();
+        counts.resize(LATENCY_BUCKETS_MS.len() + 1, 0);
+        (counts, l.1)
+    }
+
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+
+    pub fn skip(&self, reason: &'static str) {
+        *lock(&self.skipped).entry(reason).or_default() += 1;
+    }
+
+    pub fn skipped(&self) -> BTreeMap<&'static str, u64> {
+        lock(&self.skipped).clone()
+    }
+
+    pub fn skipped_total(&self) -> u64 {
+        lock(&self.skipped).values().sum()
+    }
+
+    pub fn fail(&self, failure: Failure) {
+        self.failed.fetch_add(1, Ordering::Relaxed);
+        lock(&self.failures).push(failure);
+    }
+
+    pub fn failures(&self) -> Vec<Failure> {
+        lock(&self.failures).clone()
+    }
+}
