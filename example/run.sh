@@ -4,7 +4,7 @@
 # then stops the emulator.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release --bin photosync --bin graph-emulator
+cargo build --release -p photosync -p graph-emulator --bins
 rm -rf example/state
 ./target/release/graph-emulator --listen 127.0.0.1:8650 --seed example/seed.json > example/emulator.log 2>&1 &
 emulator=$!

@@ -650,6 +650,25 @@ key = "upn"
 "#;
 
     #[test]
+    fn the_example_config_parses_and_states_the_defaults() {
+        let text = include_str!("../config.example.toml");
+        let cfg = Config::parse(text, Path::new("/etc/photosync/config.toml")).unwrap();
+        assert_eq!(
+            format!("{:?}", cfg.upload),
+            format!("{:?}", UploadConfig::default())
+        );
+        assert_eq!(
+            format!("{:?}", cfg.image),
+            format!("{:?}", ImageConfig::default())
+        );
+        assert_eq!(
+            format!("{:?}", cfg.sync),
+            format!("{:?}", SyncConfig::default())
+        );
+        assert_eq!(cfg.sources.len(), 3);
+    }
+
+    #[test]
     fn relative_paths_resolve_against_the_config_folder() {
         let cfg = Config::parse(MIN, Path::new("/etc/ps/config.toml")).unwrap();
         assert_eq!(cfg.state.database, Path::new("/etc/ps/state.db"));

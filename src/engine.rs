@@ -383,7 +383,7 @@ impl Engine {
 
     /// Stops the workers: those with an upload in flight get `grace` to finish it, then are
     /// aborted. Jobs not started are dropped (the next pass plans them again). The ledger is
-    /// flushed and every task joined.
+    /// flushed (not closed) and every task joined.
     pub async fn shutdown(mut self, grace: Duration) -> Result<(), EngineError> {
         self.shared.queue.close();
         self.shared.cancel.cancel();
@@ -430,9 +430,7 @@ impl Engine {
                 }
             }
         }
-        if let Some(l) = self.ledger.take() {
-            l.close().await;
-        }
+        // The ledger belongs to the caller (the daemon reuses it for the next engine).
         result
     }
 }

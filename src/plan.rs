@@ -124,6 +124,10 @@ pub fn after_hash(target: Option<&TargetRow>, hash: &str, policy: &Policy<'_>) -
             _ => return Decision::Upload(Reason::Retry),
         }
     }
+    if t.state == "pending" {
+        // An operator cleared a failure with `photosync retry`.
+        return Decision::Upload(Reason::Retry);
+    }
     if t.last_hash.is_none() {
         return Decision::Upload(Reason::New);
     }

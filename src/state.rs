@@ -508,6 +508,118 @@ impl Ledger {
     }
 }
 
+/// One failed target, as `status` shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct FailureRow {
+    pub target: String,
+    pub path: Option<String>,
+    /// `transient`, `permanent` or `local`.
+    pub class: Option<String>,
+    pub reason: Option<String>,
+    pub http_status: Option<i64>,
+    pub code: Option<String>,
+    pub message: Option<String>,
+    pub request_id: Option<String>,
+    pub attempts: i64,
+    /// Unix ms of the failure.
+    pub at: Option<i64>,
+    /// Unix ms after which the daemon retries it (transient failures).
+    pub next_attempt_at: Option<i64>,
+}
+
+impl Ledger {
+    /// Every failed target, oldest first.
+    pub async fn failures(&self) -> Result<Vec<FailureRow>, StateError> {
+        let rows = sqlx::query(
+            "SELECT target_key, path, error_class, error_reason, error_status, error_code,
+                    error_message, error_request_id, attempts, error_at, next_attempt_at
+             FROM targets WHERE state = 'failed' ORDER BY error_at, target_key",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| FailureRow {
+                target: r.get(0),
+                path: r.get(1),
+                class: r.get(2),
+                reason: r.get(3),
+                http_status: r.get(4),
+                code: r.get(5),
+                message: r.get(6),
+                request_id: r.get(7),
+                attempts: r.get(8),
+                at: r.get(9),
+                next_attempt_at: r.get(10),
+            })
+            .collect())
+    }
+
+    /// Unix ms of the last successful upload, if any.
+    pub async fn last_upload_at(&self) -> Result<Option<i64>, StateError> {
+        Ok(
+            sqlx::query_scalar("SELECT MAX(last_uploaded_at) FROM targets")
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
+    /// How many photo files the ledger knows.
+    pub async fn file_count(&self) -> Result<i64, StateError> {
+        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM files")
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
+    /// Clears the failure records of the given targets (target keys or file paths), or of every
+    /// failed target when `targets` is empty, so the next pass attempts them again. Returns the
+    /// target keys cleared.
+    pub async fn clear_failures(&self, targets: &[String]) -> Result<Vec<String>, StateError> {
+        let mut tx = self.pool.begin().await?;
+        let keys: Vec<String> = if targets.is_empty() {
+            sqlx::query_scalar("SELECT target_key FROM targets WHERE state = 'failed'")
+                .fetch_all(&mut *tx)
+                .await?
+        } else {
+            let mut keys = Vec::new();
+            for t in targets {
+                let found: Vec<String> = sqlx::query_scalar(
+                    "SELECT target_key FROM targets WHERE state = 'failed'
+                       AND (target_key = ?1 OR path = ?1 OR lower(target_key) = lower(?1))",
+                )
+                .bind(t)
+                .fetch_all(&mut *tx)
+                .await?;
+                keys.extend(found);
+            }
+            keys.sort();
+            keys.dedup();
+            keys
+        };
+        for k in &keys {
+            sqlx::query(
+                "UPDATE targets SET state = 'pending', attempts = 0, next_attempt_at = NULL,
+                   failed_hash = NULL, failed_fingerprint = NULL, updated_at = ?2
+                 WHERE target_key = ?1",
+            )
+            .bind(k)
+            .bind(now_ms())
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(keys)
+    }
+
+    /// Whether the database can be written (takes and releases the write lock).
+    pub async fn check_writable(&self) -> Result<(), StateError> {
+        let mut conn = self.pool.acquire().await?;
+        sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
+        sqlx::query("ROLLBACK").execute(&mut *conn).await?;
+        Ok(())
+    }
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()

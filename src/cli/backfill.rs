@@ -43,7 +43,13 @@ pub async fn run(config: &Path, args: Args, interactive: bool) -> u8 {
     let stats = Arc::new(Stats::default());
     let cancel = tokio_util::sync::CancellationToken::new();
     super::stop_on_signals(cancel.clone());
-    let engine = match Engine::start(cfg, ledger, args.dry_run, stats.clone(), cancel.clone()) {
+    let engine = match Engine::start(
+        cfg,
+        ledger.clone(),
+        args.dry_run,
+        stats.clone(),
+        cancel.clone(),
+    ) {
         Ok(e) => e,
         Err(e) => {
             eprintln!("error: {e}");
@@ -74,6 +80,9 @@ pub async fn run(config: &Path, args: Args, interactive: bool) -> u8 {
     }
     let interrupted = cancel.is_cancelled();
     let shutdown = engine.shutdown(grace).await;
+    if let Some(l) = ledger {
+        l.close().await;
+    }
     if let Some(p) = progress {
         p.abort();
     }

@@ -11,7 +11,10 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, DEFAULT_CONFIG_PATH};
 
 mod backfill;
+mod check;
+mod retry;
 mod run;
+mod status;
 
 /// Exit codes, as documented in `--help` and the README.
 pub mod exit {
@@ -65,6 +68,14 @@ pub enum Command {
     /// The daemon: reconcile every source, then watch the tree and sync changes until stopped
     /// (SIGTERM/SIGINT: finish in-flight uploads and exit 0; SIGHUP: reload the config).
     Run(run::Args),
+    /// Show what the ledger says: totals by state, the last sync, every failure with its reason,
+    /// Graph error code and request-id.
+    Status(status::Args),
+    /// Validate the config, the source roots, the credentials (token, app roles), one Graph read,
+    /// the tenant's photo settings and the database. Exit 0 only if everything passes.
+    Check(check::Args),
+    /// Clear failure records so the next pass attempts those photos again.
+    Retry(retry::Args),
 }
 
 /// Runs the parsed command line and returns the process exit code.
@@ -86,6 +97,9 @@ pub fn main(cli: Cli) -> ExitCode {
         match cli.command {
             Command::Backfill(args) => backfill::run(&cli.config, args, interactive).await,
             Command::Run(args) => run::run(&cli.config, args).await,
+            Command::Status(args) => status::run(&cli.config, args).await,
+            Command::Check(args) => check::run(&cli.config, args).await,
+            Command::Retry(args) => retry::run(&cli.config, args).await,
         }
     });
     ExitCode::from(code)

@@ -473,3 +473,58 @@ async fn config_errors_exit_2_and_name_the_key() {
     assert!(text(&out).contains("upload.workers"), "{}", text(&out));
     assert!(env.emu.requests().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_files_for_one_target_the_newest_wins_every_time() {
+    let env = Env::new().await;
+    env.add_user("alice@contoso.com");
+    let old = env.put("users/alice@contoso.com.png", &jpeg(1));
+    let f = std::fs::File::options().append(true).open(&old).unwrap();
+    f.set_modified(std::time::SystemTime::now() - Duration::from_secs(3600))
+        .unwrap();
+    drop(f);
+    env.put("users/zz/alice@contoso.com.jpg", &jpeg(2));
+    let out = env.run(&["backfill"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(text(&out).contains("conflict 1"), "{}", text(&out));
+    assert_eq!(
+        env.emu.user_photo("alice@contoso.com").unwrap().bytes,
+        jpeg(2)
+    );
+    // The loser is never uploaded on later runs either.
+    env.emu.clear_requests();
+    let out = env.run(&["backfill"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(upload_requests(&env.emu).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn symlinks_are_followed_only_inside_the_root() {
+    let env = Env::new().await;
+    env.add_user("alice@contoso.com");
+    env.add_user("mallory@contoso.com");
+    env.add_user("linked@contoso.com");
+    let outside = env.put("outside/secret.jpg", &jpeg(9));
+    env.put("users/alice@contoso.com.jpg", &jpeg(1));
+    std::os::unix::fs::symlink(&outside, env.path("users/mallory@contoso.com.jpg")).unwrap();
+    std::os::unix::fs::symlink(env.path("outside"), env.path("users/outdir")).unwrap();
+    std::os::unix::fs::symlink(
+        env.path("users/alice@contoso.com.jpg"),
+        env.path("users/linked@contoso.com.jpg"),
+    )
+    .unwrap();
+    // A loop must not hang the walk.
+    std::os::unix::fs::symlink(env.path("users"), env.path("users/loop")).unwrap();
+    let out = env.run(&["backfill"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(env.emu.user_photo("mallory@contoso.com").is_none());
+    assert_eq!(
+        env.emu.user_photo("linked@contoso.com").unwrap().bytes,
+        jpeg(1)
+    );
+    assert!(
+        text(&out).contains("symlink leads out of the source root"),
+        "{}",
+        text(&out)
+    );
+}

@@ -335,6 +335,30 @@ async fn sighup_with_a_broken_config_keeps_running_and_endpoints_answer() {
         "{metrics}"
     );
     assert!(metrics.contains("photosync_queue_depth 0"), "{metrics}");
+
+    // A valid reload adds a source: its photos are picked up without a restart.
+    env.emu
+        .add_group("0aaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee", true);
+    env.put("more/0aaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee.jpg", &jpeg(8));
+    env.write_config(&format!(
+        "\n[sync]\ndebounce = \"1s\"\n\n[server]\nlisten = \"127.0.0.1:{port}\"\n\n[[source]]\nroot = \"more\"\ntarget = \"group\"\nkey = \"id\"\n"
+    ));
+    d.signal("HUP");
+    d.wait_log("configuration reloaded", Duration::from_secs(10))
+        .await;
+    let start = Instant::now();
+    while env
+        .emu
+        .group_photo("0aaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee")
+        .is_none()
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no group photo after the reload:\n{}",
+            d.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let (code, log) = d.stop().await;
     assert_eq!(code, Some(0), "{log}");
 }

@@ -1,5 +1,6 @@
 //! Test scaffolding: an emulator on 127.0.0.1:0, a temp tree, a config file, and a way to run
-//! the binary against them.
+//! the binary against them. Not every test module uses every helper.
+#![allow(dead_code)]
 
 use std::path::PathBuf;
 use std::process::Output;
@@ -165,6 +166,21 @@ pub fn jpeg(seed: u32) -> Vec<u8> {
     image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 80)
         .encode_image(&img)
         .unwrap();
+    out
+}
+
+/// A valid JPEG whose bytes are unique for every `n`: [`jpeg`] with a comment segment naming
+/// `n` (`jpeg` alone repeats itself every 256 seeds).
+pub fn unique_jpeg(n: u32) -> Vec<u8> {
+    let base = jpeg(n);
+    let comment = format!("photosync test photo {n}");
+    let len = u16::try_from(comment.len() + 2).unwrap();
+    let mut out = Vec::with_capacity(base.len() + comment.len() + 4);
+    out.extend_from_slice(&base[..2]); // SOI
+    out.extend_from_slice(&[0xFF, 0xFE]); // COM
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(comment.as_bytes());
+    out.extend_from_slice(&base[2..]);
     out
 }
 

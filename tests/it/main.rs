@@ -5,3 +5,5 @@
 mod backfill;
 mod daemon;
 mod helpers;
+mod image;
+mod operator;

@@ -1,0 +1,189 @@
+//! `photosync check`: is everything in place for a sync to work? Each check prints one line;
+//! exit 0 only if none failed (warnings do not fail).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use crate::auth::TokenSource;
+use crate::config::{Config, TargetKind};
+use crate::graph::{http_client, GraphClient, GraphError};
+use crate::state::Ledger;
+
+use super::exit;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {}
+
+#[derive(Default)]
+struct Report {
+    passed: usize,
+    failed: usize,
+    warned: usize,
+}
+
+impl Report {
+    fn ok(&mut self, what: &str, detail: &str) {
+        self.passed += 1;
+        println!("ok    {what}: {detail}");
+    }
+    fn warn(&mut self, what: &str, detail: &str) {
+        self.warned += 1;
+        println!("warn  {what}: {detail}");
+    }
+    fn fail(&mut self, what: &str, detail: &str) {
+        self.failed += 1;
+        println!("FAIL  {what}: {detail}");
+    }
+}
+
+/// The app roles that let photosync write a target kind's photo (any one of them).
+fn roles_for(kind: TargetKind) -> &'static [&'static str] {
+    match kind {
+        TargetKind::User => &["ProfilePhoto.ReadWrite.All", "User.ReadWrite.All"],
+        TargetKind::Group => &["ProfilePhoto.ReadWrite.All", "Group.ReadWrite.All"],
+        TargetKind::Contact => &["Contacts.ReadWrite"],
+    }
+}
+
+pub async fn run(config: &Path, _args: Args) -> u8 {
+    let cfg = match Config::load(config) {
+        Ok(c) => {
+            println!("ok    config: {}", config.display());
+            c
+        }
+        Err(e) => {
+            println!("FAIL  config: {e}");
+            return exit::USAGE;
+        }
+    };
+    let mut r = Report::default();
+    for s in &cfg.sources {
+        let what = format!("source {} ({})", s.root.display(), s.target.as_str());
+        match crate::source::check_root(&s.root) {
+            Ok(_) => r.ok(&what, "readable"),
+            Err(e) => r.fail(&what, &e.to_string()),
+        }
+    }
+    check_database(&cfg, &mut r).await;
+    check_graph(&cfg, &mut r).await;
+    println!("{} failed, {} warnings", r.failed, r.warned);
+    if r.failed > 0 {
+        exit::ITEMS_FAILED
+    } else {
+        exit::OK
+    }
+}
+
+async fn check_database(cfg: &Config, r: &mut Report) {
+    let what = format!("database {}", cfg.state.database.display());
+    match Ledger::open(&cfg.state.database).await {
+        Ok(l) => {
+            match l.check_writable().await {
+                Ok(()) => r.ok(&what, "migrated and writable"),
+                Err(e) => r.fail(&what, &format!("not writable: {e}")),
+            }
+            l.close().await;
+        }
+        Err(e) => r.fail(&what, &e.to_string()),
+    }
+}
+
+async fn check_graph(cfg: &Config, r: &mut Report) {
+    let http = match http_client(cfg.upload.request_timeout, cfg.upload.connect_timeout) {
+        Ok(h) => h,
+        Err(e) => return r.fail("http client", &e.to_string()),
+    };
+    let tokens = match TokenSource::new(
+        &cfg.auth,
+        &cfg.cloud.login_url(),
+        &cfg.cloud.graph_url(),
+        http.clone(),
+    ) {
+        Ok(t) => Arc::new(t),
+        Err(e) => return r.fail("credentials", &e.to_string()),
+    };
+    let token = match tokens.token().await {
+        Ok(t) => t,
+        Err(e) => return r.fail("token", &e.to_string()),
+    };
+    let left = token
+        .expires_at
+        .duration_since(SystemTime::now())
+        .map_or_else(
+            |_| "expired".into(),
+            |d| humantime::format_duration(std::time::Duration::from_secs(d.as_secs())).to_string(),
+        );
+    let roles = token.roles();
+    r.ok(
+        "token",
+        &format!(
+            "tenant {}, app {}, expires in {left}, roles: {}",
+            cfg.auth.tenant_id,
+            cfg.auth.client_id,
+            if roles.is_empty() {
+                "(none)".to_owned()
+            } else {
+                roles.join(", ")
+            }
+        ),
+    );
+    let mut kinds: Vec<TargetKind> = cfg.sources.iter().map(|s| s.target).collect();
+    kinds.dedup();
+    for kind in kinds {
+        let need = roles_for(kind);
+        if !need.iter().any(|n| roles.iter().any(|r| r == n)) {
+            r.warn(
+                &format!("permission for {} photos", kind.as_str()),
+                &format!(
+                    "the token has none of {}: grant one as an application permission and give admin consent",
+                    need.join(", ")
+                ),
+            );
+        }
+    }
+    let graph = GraphClient::new(http, &cfg.cloud.graph_url(), tokens);
+    match graph.get("/v1.0/users?$top=1&$select=id").await {
+        Ok(reply) => r.ok(
+            "graph read",
+            &format!(
+                "GET /v1.0/users answered {}{}",
+                reply.status,
+                reply
+                    .request_id
+                    .map(|id| format!(" (request-id {id})"))
+                    .unwrap_or_default()
+            ),
+        ),
+        Err(GraphError::Status { status: 403, .. }) => r.warn(
+            "graph read",
+            "GET /v1.0/users was refused (403): fine for uploads by UPN or id, but lookups by mail or employee id need User.Read.All",
+        ),
+        Err(e) => r.fail("graph read", &e.to_string()),
+    }
+    match graph.get("/beta/admin/people/photoUpdateSettings").await {
+        Ok(reply) => {
+            let source = serde_json::from_slice::<serde_json::Value>(&reply.body)
+                .ok()
+                .and_then(|v| v.get("source").and_then(|s| s.as_str()).map(str::to_owned))
+                .unwrap_or_default();
+            if source.eq_ignore_ascii_case("onPremises") {
+                r.warn(
+                    "tenant photo settings",
+                    "photoUpdateSettings.source is onPremises: cloud photo updates are disabled in this tenant; uploads will fail",
+                );
+            } else {
+                r.ok(
+                    "tenant photo settings",
+                    &format!("photo updates allowed (source {source})"),
+                );
+            }
+        }
+        Err(GraphError::Status {
+            status: 401 | 403, ..
+        }) => println!(
+            "skip  tenant photo settings: not readable (needs PeopleSettings.Read.All); not checked"
+        ),
+        Err(e) => r.warn("tenant photo settings", &e.to_string()),
+    }
+}

@@ -1,0 +1,201 @@
+//! `photosync status [--json]`: what the ledger says, without touching Graph or the tree.
+//!
+//! The JSON form is a stable interface (documented in the README): fields are only ever added.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+
+use crate::state::{FailureRow, Ledger};
+
+use super::exit;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Machine-readable output (stable; see the README).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Serialize)]
+struct Status {
+    database: String,
+    /// Targets by state: synced, failed, pending (cleared by `retry`), deleted, parked.
+    totals: BTreeMap<String, i64>,
+    files: i64,
+    /// RFC 3339 time of the last successful upload.
+    last_sync: Option<String>,
+    /// The oldest failure still waiting for a retry (transient), RFC 3339.
+    oldest_pending: Option<String>,
+    failures_by_reason: BTreeMap<String, i64>,
+    failures: Vec<FailureJson>,
+}
+
+#[derive(Serialize)]
+struct FailureJson {
+    target: String,
+    path: Option<String>,
+    class: Option<String>,
+    reason: Option<String>,
+    http_status: Option<i64>,
+    code: Option<String>,
+    message: Option<String>,
+    request_id: Option<String>,
+    attempts: i64,
+    at: Option<String>,
+    next_attempt_at: Option<String>,
+}
+
+fn rfc3339(ms: i64) -> String {
+    let t = UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+pub async fn run(config: &Path, args: Args) -> u8 {
+    let cfg = match super::load_config(config) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let ledger = match Ledger::open_read_only(&cfg.state.database).await {
+        Ok(Some(l)) => l,
+        Ok(None) => {
+            eprintln!(
+                "no database at {} yet: nothing has been synced",
+                cfg.state.database.display()
+            );
+            return exit::OK;
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::FATAL;
+        }
+    };
+    match collect(&ledger).await {
+        Ok(status) => {
+            if args.json {
+                match serde_json::to_string_pretty(&status) {
+                    Ok(s) => println!("{s}"),
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        return exit::FATAL;
+                    }
+                }
+            } else {
+                print_text(&status);
+            }
+            exit::OK
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            exit::FATAL
+        }
+    }
+}
+
+async fn collect(ledger: &Ledger) -> Result<Status, crate::state::StateError> {
+    let mut totals: BTreeMap<String, i64> = ["synced", "failed", "pending", "deleted", "parked"]
+        .iter()
+        .map(|s| ((*s).to_owned(), 0))
+        .collect();
+    totals.extend(ledger.counts_by_state().await?);
+    let failures: Vec<FailureRow> = ledger.failures().await?;
+    let mut by_reason = BTreeMap::new();
+    for f in &failures {
+        *by_reason
+            .entry(f.reason.clone().unwrap_or_else(|| "unknown".into()))
+            .or_insert(0) += 1;
+    }
+    let oldest_pending = failures
+        .iter()
+        .filter(|f| f.class.as_deref() == Some("transient"))
+        .filter_map(|f| f.at)
+        .min()
+        .map(rfc3339);
+    Ok(Status {
+        database: ledger.path().display().to_string(),
+        totals,
+        files: ledger.file_count().await?,
+        last_sync: ledger.last_upload_at().await?.map(rfc3339),
+        oldest_pending,
+        failures_by_reason: by_reason,
+        failures: failures
+            .into_iter()
+            .map(|f| FailureJson {
+                target: f.target,
+                path: f.path,
+                class: f.class,
+                reason: f.reason,
+                http_status: f.http_status,
+                code: f.code,
+                message: f.message,
+                request_id: f.request_id,
+                attempts: f.attempts,
+                at: f.at.map(rfc3339),
+                next_attempt_at: f.next_attempt_at.map(rfc3339),
+            })
+            .collect(),
+    })
+}
+
+fn print_text(s: &Status) {
+    println!("database: {}", s.database);
+    let totals = s
+        .totals
+        .iter()
+        .map(|(k, v)| format!("{v} {k}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    println!("targets: {totals}; {} photo files known", s.files);
+    let ago = |t: &Option<String>| {
+        t.as_ref().map_or_else(
+            || "never".to_owned(),
+            |t| {
+                let age = humantime::parse_rfc3339(t)
+                    .ok()
+                    .and_then(|t| SystemTime::now().duration_since(t).ok())
+                    .map(|d| {
+                        humantime::format_duration(Duration::from_secs(d.as_secs())).to_string()
+                    })
+                    .unwrap_or_default();
+                format!("{t} ({age} ago)")
+            },
+        )
+    };
+    println!("last sync: {}", ago(&s.last_sync));
+    if s.oldest_pending.is_some() {
+        println!(
+            "oldest failure waiting for a retry: {}",
+            ago(&s.oldest_pending)
+        );
+    }
+    if s.failures.is_empty() {
+        return;
+    }
+    let reasons = s
+        .failures_by_reason
+        .iter()
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    println!("failed: {} ({reasons})", s.failures.len());
+    for f in &s.failures {
+        println!(
+            "  {} {}: {} {}: {}{}{}",
+            f.target,
+            f.path.as_deref().unwrap_or(""),
+            f.class.as_deref().unwrap_or(""),
+            f.reason.as_deref().unwrap_or(""),
+            f.message.as_deref().unwrap_or(""),
+            f.code
+                .as_deref()
+                .map(|c| format!(" [code {c}]"))
+                .unwrap_or_default(),
+            f.request_id
+                .as_deref()
+                .map(|r| format!(" [request-id {r}]"))
+                .unwrap_or_default(),
+        );
+    }
+}
