@@ -6,6 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release -p photosync -p graph-emulator --bins
 rm -rf example/state
+# The example config holds the emulator's secret inline, so it must be private like any secret.
+chmod 600 example/config.toml
 ./target/release/graph-emulator --listen 127.0.0.1:8650 --seed example/seed.json > example/emulator.log 2>&1 &
 emulator=$!
 trap 'kill $emulator 2>/dev/null || true' EXIT

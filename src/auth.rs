@@ -32,6 +32,8 @@ pub enum AuthError {
     },
     #[error("credential file {path} is empty")]
     EmptyCredential { path: PathBuf },
+    #[error("{path} is readable by other users (mode {mode:03o}): `chmod 600` it (and chown it to photosync's user), or pass --allow-insecure-permissions")]
+    InsecurePermissions { path: PathBuf, mode: u32 },
     #[error("certificate file {path}: {reason}")]
     Certificate { path: PathBuf, reason: String },
     #[error("cannot sign the client assertion: {0}")]
@@ -144,10 +146,28 @@ impl fmt::Debug for Credential {
     }
 }
 
+/// Refuses a file holding a secret or a private key that other users may read.
+pub fn check_private(path: &Path, allow_insecure: bool) -> Result<(), AuthError> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let meta = std::fs::metadata(path).map_err(|source| AuthError::CredentialFile {
+        path: path.to_owned(),
+        source,
+    })?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o004 != 0 && !allow_insecure {
+        return Err(AuthError::InsecurePermissions {
+            path: path.to_owned(),
+            mode,
+        });
+    }
+    Ok(())
+}
+
 /// Reads the credential named by the config: `$PHOTOSYNC_CLIENT_SECRET` wins over the file or
 /// inline secret; a certificate file holds the certificate and its private key.
 fn load_credential(cfg: &AuthConfig) -> Result<Credential, AuthError> {
     if let Some(path) = &cfg.certificate_file {
+        check_private(path, cfg.allow_insecure_permissions)?;
         return load_certificate(path, cfg.assertion);
     }
     if let Ok(s) = std::env::var("PHOTOSYNC_CLIENT_SECRET") {
@@ -156,6 +176,7 @@ fn load_credential(cfg: &AuthConfig) -> Result<Credential, AuthError> {
         }
     }
     if let Some(path) = &cfg.client_secret_file {
+        check_private(path, cfg.allow_insecure_permissions)?;
         let text = std::fs::read_to_string(path).map_err(|source| AuthError::CredentialFile {
             path: path.clone(),
             source,

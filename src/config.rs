@@ -72,6 +72,9 @@ pub struct AuthConfig {
     pub certificate_file: Option<PathBuf>,
     #[serde(default)]
     pub assertion: AssertionAlg,
+    /// Accept credential files that other users can read (`--allow-insecure-permissions`).
+    #[serde(skip)]
+    pub allow_insecure_permissions: bool,
 }
 
 // Hand-written so that even a future field cannot leak the secret through `{:?}`.
@@ -87,6 +90,10 @@ impl fmt::Debug for AuthConfig {
             .field("client_secret_file", &self.client_secret_file)
             .field("certificate_file", &self.certificate_file)
             .field("assertion", &self.assertion)
+            .field(
+                "allow_insecure_permissions",
+                &self.allow_insecure_permissions,
+            )
             .finish()
     }
 }
@@ -589,7 +596,9 @@ fn locate_key(text: &str, key: &str) -> Option<usize> {
     let mut table_line = None;
     for (n, line) in text.lines().enumerate() {
         let t = line.trim();
-        if let Some(name) = t.strip_prefix("[[").and_then(|r| r.strip_suffix("]]")) {
+        // A header may carry a comment (`[sync]  # …`, as in config.example.toml).
+        let header = t.split_once('#').map_or(t, |(h, _)| h).trim_end();
+        if let Some(name) = header.strip_prefix("[[").and_then(|r| r.strip_suffix("]]")) {
             let name = name.trim();
             if name == current {
                 array_index = array_index.map(|i| i + 1);
@@ -597,7 +606,7 @@ fn locate_key(text: &str, key: &str) -> Option<usize> {
                 name.clone_into(&mut current);
                 array_index = Some(0);
             }
-        } else if let Some(name) = t.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
+        } else if let Some(name) = header.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
             name.trim().clone_into(&mut current);
             array_index = None;
         } else if current == table && array_index == index {

@@ -632,7 +632,7 @@ impl Planner<'_> {
                 .map(|s| s.root.display().to_string())
                 .collect();
             for (path, row) in &self.snapshot.files {
-                let Some(n) = roots.iter().position(|r| *r == row.source) else {
+                let Some(n) = roots.iter().position(|r| **r == *row.source) else {
                     continue;
                 };
                 // Only roots whose walk completed can say a file is gone.

@@ -158,7 +158,7 @@ mod tests {
 
     fn file(size: i64, mtime: i64, hash: &str) -> FileRow {
         FileRow {
-            source: "/r".into(),
+            source: std::sync::Arc::from("/r"),
             size,
             mtime_ns: mtime,
             content_hash: Some(hash.into()),

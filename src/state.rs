@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
+use futures::TryStreamExt;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
 
@@ -43,8 +44,8 @@ pub enum StateError {
 /// What the ledger remembers of one file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileRow {
-    /// The source root it was found under.
-    pub source: String,
+    /// The source root it was found under (shared between rows: there are only a few roots).
+    pub source: std::sync::Arc<str>,
     pub size: i64,
     pub mtime_ns: i64,
     pub content_hash: Option<String>,
@@ -252,16 +253,25 @@ impl Ledger {
     /// Loads everything the planner compares against, in two queries.
     pub async fn snapshot(&self) -> Result<Snapshot, StateError> {
         let mut snap = Snapshot::default();
-        let rows =
+        let files: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM files")
+            .fetch_one(&self.pool)
+            .await?;
+        snap.files.reserve(usize::try_from(files).unwrap_or(0));
+        let mut roots: HashMap<String, std::sync::Arc<str>> = HashMap::new();
+        // Streamed row by row: materialising 100,000 rows at once would double peak memory.
+        let mut rows =
             sqlx::query("SELECT path, source, size, mtime_ns, content_hash, target_key FROM files")
-                .fetch_all(&self.pool)
-                .await?;
-        snap.files.reserve(rows.len());
-        for r in rows {
+                .fetch(&self.pool);
+        while let Some(r) = rows.try_next().await? {
+            let source: String = r.get(1);
+            let source = roots
+                .entry(source)
+                .or_insert_with_key(|s| s.as_str().into())
+                .clone();
             snap.files.insert(
                 r.get(0),
                 FileRow {
-                    source: r.get(1),
+                    source,
                     size: r.get(2),
                     mtime_ns: r.get(3),
                     content_hash: r.get(4),
@@ -269,6 +279,7 @@ impl Ledger {
                 },
             );
         }
+        drop(rows);
         let mut by_target: HashMap<&str, Vec<&str>> = HashMap::new();
         for (p, f) in &snap.files {
             if let Some(t) = &f.target_key {
@@ -280,14 +291,12 @@ impl Ledger {
             .filter(|(_, v)| v.len() > 1)
             .map(|(k, v)| (k.to_owned(), v.into_iter().map(str::to_owned).collect()))
             .collect();
-        let rows = sqlx::query(
+        let mut rows = sqlx::query(
             "SELECT target_key, state, path, last_hash, last_fingerprint, failed_hash,
                     failed_fingerprint, error_class, error_reason, next_attempt_at FROM targets",
         )
-        .fetch_all(&self.pool)
-        .await?;
-        snap.targets.reserve(rows.len());
-        for r in rows {
+        .fetch(&self.pool);
+        while let Some(r) = rows.try_next().await? {
             snap.targets.insert(
                 r.get(0),
                 TargetRow {

@@ -47,7 +47,7 @@ fn roles_for(kind: TargetKind) -> &'static [&'static str] {
 }
 
 pub async fn run(config: &Path, _args: Args) -> u8 {
-    let cfg = match Config::load(config) {
+    let cfg = match super::try_load_config(config) {
         Ok(c) => {
             println!("ok    config: {}", config.display());
             c

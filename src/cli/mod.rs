@@ -47,6 +47,10 @@ pub struct Cli {
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
 
+    /// Accept a secret file, key file or config with an inline secret that other users can read.
+    #[arg(long, global = true)]
+    pub allow_insecure_permissions: bool,
+
     /// Log format on stderr: text for people, json for log collectors.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -79,7 +83,14 @@ pub enum Command {
 }
 
 /// Runs the parsed command line and returns the process exit code.
+/// Set once from the command line, before any config is loaded.
+static ALLOW_INSECURE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 pub fn main(cli: Cli) -> ExitCode {
+    ALLOW_INSECURE.store(
+        cli.allow_insecure_permissions,
+        std::sync::atomic::Ordering::Relaxed,
+    );
     let interactive = std::io::stderr().is_terminal() && cli.log_format == LogFormat::Text;
     init_tracing(cli.verbose, cli.log_format, interactive);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -125,12 +136,25 @@ fn init_tracing(verbose: u8, format: LogFormat, interactive: bool) {
     };
 }
 
-/// Loads the config, printing the error the way operators need it.
+/// Loads the config, printing the error the way operators need it. A config that holds an
+/// inline secret must not be readable by other users.
 pub(crate) fn load_config(path: &std::path::Path) -> Result<Config, u8> {
-    Config::load(path).map_err(|e| {
+    try_load_config(path).map_err(|e| {
         eprintln!("error: {e}");
         exit::USAGE
     })
+}
+
+/// [`load_config`] without printing: the error as text.
+pub(crate) fn try_load_config(path: &std::path::Path) -> Result<Config, String> {
+    let mut cfg = Config::load(path).map_err(|e| e.to_string())?;
+    let allow = ALLOW_INSECURE.load(std::sync::atomic::Ordering::Relaxed);
+    cfg.auth.allow_insecure_permissions = allow;
+    if cfg.auth.client_secret.is_some() {
+        crate::auth::check_private(path, allow)
+            .map_err(|e| format!("the config holds client_secret inline, and {e}"))?;
+    }
+    Ok(cfg)
 }
 
 /// Cancels `token` on SIGTERM or SIGINT; a second signal exits at once.

@@ -157,7 +157,7 @@ async fn follow(
         tokio::select! {
             () = stop.cancelled() => return (Next::Stop, finish(planning).await),
             Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
-                match Config::load(&cfg.path) {
+                match super::try_load_config(&cfg.path) {
                     Ok(new) => return (Next::Reload(Box::new(new)), finish(planning).await),
                     Err(e) => tracing::error!(error = %e, "SIGHUP: the new configuration is refused; keeping the running one"),
                 }

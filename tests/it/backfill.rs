@@ -422,8 +422,12 @@ async fn certificate_env(cert: &str, assertion: &str) -> Env {
         ..EmuConfig::default()
     })
     .await;
+    crate::helpers::write_private(
+        &env.path("app.pem"),
+        &std::fs::read(format!("{fixtures}/app.pem")).unwrap(),
+    );
     env.write_config_with(
-        &format!("certificate_file = \"{fixtures}/app.pem\"\nassertion = \"{assertion}\""),
+        &format!("certificate_file = \"app.pem\"\nassertion = \"{assertion}\""),
         "[upload]\nrequests_per_second = 100.0\n",
         "[image]\nmode = \"passthrough\"\n",
         "",
@@ -527,4 +531,35 @@ async fn symlinks_are_followed_only_inside_the_root() {
         "{}",
         text(&out)
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn credential_files_readable_by_others_are_refused() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let env = Env::new().await;
+    env.add_user("alice@contoso.com");
+    env.put("users/alice@contoso.com.jpg", &jpeg(1));
+    std::fs::set_permissions(env.path("secret"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = env.run(&["backfill"]).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("readable by other users (mode 644)"),
+        "{}",
+        text(&out)
+    );
+    assert!(env.emu.requests().is_empty());
+    let out = env.run(&["--allow-insecure-permissions", "backfill"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+
+    // An inline secret makes the config itself a secret.
+    env.write_config_with(&format!("client_secret = \"{SECRET}\""), "", "", "");
+    std::fs::set_permissions(&env.config, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = env.run(&["backfill"]).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("holds client_secret inline"),
+        "{}",
+        text(&out)
+    );
+    assert!(!text(&out).contains(SECRET));
 }

@@ -139,7 +139,12 @@ async fn new_photo_is_uploaded_once_stable_and_bursts_coalesce() {
     })
     .await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert_eq!(uploads_ok(&env.emu), 1, "{:?}", upload_requests(&env.emu));
+    // Only alice's requests: bob's upload may be recorded just after the clear above.
+    let alice: Vec<_> = upload_requests(&env.emu)
+        .into_iter()
+        .filter(|r| r.raw_path.contains("alice@contoso.com"))
+        .collect();
+    assert_eq!(alice.len(), 1, "{alice:?}");
     let (code, log) = d.stop().await;
     assert_eq!(code, Some(0), "{log}");
 }

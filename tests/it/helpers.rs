@@ -36,7 +36,7 @@ impl Env {
         for d in ["users", "groups", "contacts"] {
             std::fs::create_dir_all(dir.path().join(d)).unwrap();
         }
-        std::fs::write(dir.path().join("secret"), format!("{SECRET}\n")).unwrap();
+        write_private(&dir.path().join("secret"), format!("{SECRET}\n").as_bytes());
         let emu = Emulator::start(cfg).await.unwrap();
         let env = Env {
             config: dir.path().join("config.toml"),
@@ -137,6 +137,13 @@ key = "id"
             .expect("photosync did not finish within 120 s")
             .unwrap()
     }
+}
+
+/// Writes a file only its owner can read, as a secret or key file must be.
+pub fn write_private(path: &std::path::Path, bytes: &[u8]) {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::write(path, bytes).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
 }
 
 /// A deterministic object id for a name.
