@@ -417,7 +417,8 @@ impl TokenSource {
         if (200..300).contains(&status) {
             let t: TokenResponse =
                 serde_json::from_slice(&body).map_err(|_| AuthError::Malformed { status })?;
-            let life = Duration::from_secs(t.expires_in.max(1));
+            // Bounded: an absurd expires_in must not overflow the clock arithmetic below.
+            let life = Duration::from_secs(t.expires_in.clamp(1, 24 * 3600));
             let tok = AccessToken {
                 value: Arc::new(SecretString::from(t.access_token)),
                 generation: self.generation.fetch_add(1, Ordering::Relaxed) + 1,

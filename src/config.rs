@@ -525,6 +525,9 @@ impl Config {
         if sy.rescan_interval < Duration::from_secs(1) {
             return err("sync.rescan_interval", "must be at least 1s");
         }
+        if sy.retry_failed_after > Duration::from_secs(366 * 24 * 3600) {
+            return err("sync.retry_failed_after", "must be at most 366 days");
+        }
         if sy.poll_interval < Duration::from_millis(100) {
             return err("sync.poll_interval", "must be at least 100ms");
         }

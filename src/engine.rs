@@ -301,6 +301,7 @@ impl Engine {
             whole_tree,
             root_files: vec![None; self.shared.cfg.sources.len()],
             gone: Vec::new(),
+            deferred: Vec::new(),
             dry_run_ledger: self.dry_run || self.ledger.is_none() || opts.dry_run,
         };
         let max_reads = std::thread::available_parallelism().map_or(2, std::num::NonZero::get) * 2;
@@ -328,6 +329,7 @@ impl Engine {
                 },
             }
         }
+        planner.send_deferred().await;
         drop(rx);
         while let Some(r) = walkers.join_next().await {
             if let Err(e) = r {
@@ -462,6 +464,8 @@ struct Planner<'a> {
     root_files: Vec<Option<u64>>,
     /// Known photo files that are gone: (source, path).
     gone: Vec<(usize, String)>,
+    /// Ledger writes decided where nothing can be awaited, sent at the next await point.
+    deferred: Vec<Op>,
     dry_run_ledger: bool,
 }
 
@@ -587,6 +591,7 @@ impl Planner<'_> {
             return false;
         };
         if rival > mine {
+            self.remember_loser(entry, key);
             tracing::warn!(
                 target = key,
                 path = %entry.path.display(),
@@ -743,6 +748,31 @@ impl Planner<'_> {
         report
     }
 
+    /// The ledger must know a conflict's losing file too, so that the next pass sees the
+    /// conflict whichever file it meets first.
+    fn remember_loser(&mut self, entry: &FileEntry, key: &str) {
+        if self.dry_run_ledger {
+            return;
+        }
+        if let Some(path) = entry.path.to_str() {
+            self.deferred.push(Op::File {
+                path: path.to_owned(),
+                source: self.source(entry.source).root.display().to_string(),
+                size: entry.size as i64,
+                mtime_ns: entry.mtime_ns,
+                content_hash: None,
+                target_key: Some(key.to_owned()),
+                now: now_ms(),
+            });
+        }
+    }
+
+    async fn send_deferred(&mut self) {
+        for op in std::mem::take(&mut self.deferred) {
+            self.send(op).await;
+        }
+    }
+
     fn known_bad(&self, path: &str, key: &str) {
         let t = self.snapshot.targets.get(key);
         self.shared.stats.fail(Failure {
@@ -769,6 +799,14 @@ impl Planner<'_> {
         let stats = &self.shared.stats;
         let path = entry.path.to_str().unwrap_or_default().to_owned();
         let key = target.key();
+        // Reads finish in any order: a file that lost a conflict while it was being read must
+        // not be queued after the winner (it would replace the newer photo). Already reported.
+        if self.seen.get(&key).is_some_and(|(_, p)| *p != entry.path) {
+            self.remember_loser(&entry, &key);
+            self.send_deferred().await;
+            return;
+        }
+        self.send_deferred().await;
         let (bytes, hash) = match read {
             Ok(r) => r,
             Err(e) => {
@@ -1175,8 +1213,11 @@ async fn record_failure(
     attempts: u32,
 ) {
     let now = now_ms();
-    let next_attempt_at = (class == FailureClass::Transient)
-        .then(|| now + shared.cfg.sync.retry_failed_after.as_millis() as i64);
+    let next_attempt_at = (class == FailureClass::Transient).then(|| {
+        now.saturating_add(
+            i64::try_from(shared.cfg.sync.retry_failed_after.as_millis()).unwrap_or(i64::MAX),
+        )
+    });
     let (content_hash, action) = match &job.action {
         Action::Upload { hash, .. } => (Some(hash.clone()), "upload"),
         Action::Delete => (None, "delete"),

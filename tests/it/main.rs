@@ -3,7 +3,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::missing_panics_doc)]
 
 mod backfill;
+mod crash;
 mod daemon;
+mod faults;
+mod fuzz;
 mod helpers;
 mod image;
 mod operator;
