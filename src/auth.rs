@@ -307,13 +307,7 @@ impl TokenSource {
             http,
             token_url: format!(
                 "{login_url}/{}/oauth2/v2.0/token",
-                percent_encoding::utf8_percent_encode(
-                    &cfg.tenant_id,
-                    percent_encoding::NON_ALPHANUMERIC
-                )
-                .to_string()
-                .replace("%2E", ".")
-                .replace("%2D", "-")
+                crate::mapping::encode(&cfg.tenant_id)
             ),
             scope: format!("{graph_url}/.default"),
             client_id: cfg.client_id.clone(),

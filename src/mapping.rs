@@ -181,7 +181,8 @@ impl std::fmt::Display for Target {
     }
 }
 
-fn encode(s: &str) -> String {
+/// Percent-encodes one URL path segment (everything but unreserved characters, `@` and `$`).
+pub fn encode(s: &str) -> String {
     utf8_percent_encode(s, SEGMENT).to_string()
 }
 

@@ -145,6 +145,16 @@ pub(crate) fn load_config(path: &std::path::Path) -> Result<Config, u8> {
     })
 }
 
+/// Opens (creating and migrating) the ledger, printing the error the way operators need it.
+pub(crate) async fn open_ledger(cfg: &Config) -> Result<crate::state::Ledger, u8> {
+    crate::state::Ledger::open(&cfg.state.database)
+        .await
+        .map_err(|e| {
+            eprintln!("error: {e}");
+            exit::FATAL
+        })
+}
+
 /// [`load_config`] without printing: the error as text.
 pub(crate) fn try_load_config(path: &std::path::Path) -> Result<Config, String> {
     let mut cfg = Config::load(path).map_err(|e| e.to_string())?;

@@ -3,8 +3,6 @@
 
 use std::path::Path;
 
-use crate::state::Ledger;
-
 use super::exit;
 
 #[derive(Debug, clap::Args)]
@@ -24,12 +22,9 @@ pub async fn run(config: &Path, args: Args) -> u8 {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let ledger = match Ledger::open(&cfg.state.database).await {
+    let ledger = match super::open_ledger(&cfg).await {
         Ok(l) => l,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return exit::FATAL;
-        }
+        Err(code) => return code,
     };
     let wanted = if args.all { Vec::new() } else { args.targets };
     let result = ledger.clear_failures(&wanted).await;

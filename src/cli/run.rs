@@ -18,7 +18,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::engine::{Engine, EngineError, PassOptions, PassReport, Scope};
-use crate::state::Ledger;
 use crate::stats::Stats;
 use crate::watch::{self, Debounce};
 
@@ -38,12 +37,9 @@ pub async fn run(config_path: &Path, _args: Args) -> u8 {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let ledger = match Ledger::open(&cfg.state.database).await {
+    let ledger = match super::open_ledger(&cfg).await {
         Ok(l) => l,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return exit::FATAL;
-        }
+        Err(code) => return code,
     };
     let stats = Arc::new(Stats::default());
     Stats::flag(&stats.database_ok, true);
