@@ -1142,6 +1142,7 @@ where
                 tracing::warn!(
                     status = e.status().unwrap_or(0),
                     retry_after_ms = wait.as_millis() as u64,
+                    rate_per_s = shared.limiter.current_rate(),
                     request_id = e.request_id().unwrap_or(""),
                     "throttled; every worker pauses"
                 );
