@@ -923,7 +923,8 @@ impl Planner<'_> {
     }
 }
 
-/// Runs the image pipeline on the blocking pool, at most one image per core at a time.
+/// Runs the image pipeline on the blocking pool, at most one image per core at a time; a
+/// header-only pipeline (passthrough) runs in place, as a hop to the pool would cost more.
 async fn run_pipeline(shared: &Arc<Shared>, bytes: Bytes) -> Result<Processed, Failure> {
     let local = |reason: &str, message: String| Failure {
         path: String::new(),
@@ -933,13 +934,17 @@ async fn run_pipeline(shared: &Arc<Shared>, bytes: Bytes) -> Result<Processed, F
         code: None,
         request_id: None,
     };
-    let Ok(_slot) = shared.image_slots.acquire().await else {
-        return Err(local("cancelled", "shutting down".into()));
+    let processed = if shared.pipeline.is_header_only() {
+        shared.pipeline.process_shared(&bytes)
+    } else {
+        let Ok(_slot) = shared.image_slots.acquire().await else {
+            return Err(local("cancelled", "shutting down".into()));
+        };
+        let s = shared.clone();
+        tokio::task::spawn_blocking(move || s.pipeline.process_shared(&bytes))
+            .await
+            .map_err(|e| local("panic", format!("image pipeline panicked: {e}")))?
     };
-    let s = shared.clone();
-    let processed = tokio::task::spawn_blocking(move || s.pipeline.process(&bytes))
-        .await
-        .map_err(|e| local("panic", format!("image pipeline panicked: {e}")))?;
     match processed {
         Ok(p) if p.bytes.len() > MAX_UPLOAD_BYTES => Err(local(
             "too_large",
