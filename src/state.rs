@@ -318,85 +318,15 @@ impl Ledger {
     /// Applies a batch in one transaction.
     pub async fn apply(&self, ops: &[Op]) -> Result<(), StateError> {
         let mut tx = self.pool.begin().await?;
+        let mut bulk = Bulk::default();
         for op in ops {
+            if bulk.gather(op) {
+                continue;
+            }
+            bulk.write(&mut tx).await?;
             match op {
-                Op::File {
-                    path,
-                    source,
-                    size,
-                    mtime_ns,
-                    content_hash,
-                    target_key,
-                    now,
-                } => {
-                    sqlx::query(
-                        "INSERT INTO files (path, source, size, mtime_ns, content_hash, target_key, last_seen)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-                         ON CONFLICT (path) DO UPDATE SET source = ?2, size = ?3, mtime_ns = ?4,
-                           content_hash = ?5, target_key = ?6, last_seen = ?7",
-                    )
-                    .bind(path)
-                    .bind(source)
-                    .bind(size)
-                    .bind(mtime_ns)
-                    .bind(content_hash)
-                    .bind(target_key)
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await?;
-                }
-                Op::Uploaded {
-                    target_key,
-                    kind,
-                    path,
-                    content_hash,
-                    fingerprint,
-                    bytes,
-                    http_status,
-                    request_id,
-                    client_request_id,
-                    action,
-                    now,
-                } => {
-                    sqlx::query(
-                        "INSERT INTO targets (target_key, kind, state, path, last_hash, last_fingerprint,
-                           last_uploaded_at, last_request_id, attempts, updated_at)
-                         VALUES (?1, ?2, 'synced', ?3, ?4, ?5, ?6, ?7, 0, ?6)
-                         ON CONFLICT (target_key) DO UPDATE SET state = 'synced', path = ?3,
-                           last_hash = ?4, last_fingerprint = ?5, last_uploaded_at = ?6,
-                           last_request_id = ?7, attempts = 0, next_attempt_at = NULL,
-                           failed_hash = NULL, failed_fingerprint = NULL, error_class = NULL,
-                           error_reason = NULL, error_status = NULL, error_code = NULL,
-                           error_message = NULL, error_request_id = NULL, error_at = NULL,
-                           updated_at = ?6",
-                    )
-                    .bind(target_key)
-                    .bind(kind)
-                    .bind(path)
-                    .bind(content_hash)
-                    .bind(fingerprint)
-                    .bind(now)
-                    .bind(request_id)
-                    .execute(&mut *tx)
-                    .await?;
-                    sqlx::query(
-                        "INSERT INTO uploads (at, target_key, path, content_hash, fingerprint, bytes,
-                           action, result, http_status, request_id, client_request_id)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'ok', ?8, ?9, ?10)",
-                    )
-                    .bind(now)
-                    .bind(target_key)
-                    .bind(path)
-                    .bind(content_hash)
-                    .bind(fingerprint)
-                    .bind(bytes)
-                    .bind(action)
-                    .bind(i64::from(*http_status))
-                    .bind(request_id)
-                    .bind(client_request_id)
-                    .execute(&mut *tx)
-                    .await?;
-                }
+                // Gathered by `bulk` above.
+                Op::File { .. } | Op::Uploaded { .. } => {}
                 Op::ForgetFile { path } => {
                     sqlx::query("DELETE FROM files WHERE path = ?1")
                         .bind(path)
@@ -504,6 +434,7 @@ impl Ledger {
                 }
             }
         }
+        bulk.write(&mut tx).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -515,6 +446,153 @@ impl Ledger {
             .await?;
         Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
+}
+
+/// Files seen and uploads done, the bulk of every batch, gathered to be written with one
+/// statement per table (rows passed as one JSON array): each statement is a round trip to sqlx's
+/// SQLite thread, which cost more than the row itself. The two kinds touch different tables, so
+/// they commute; every other op writes what was gathered before it, keeping the batch's order.
+#[derive(Default)]
+struct Bulk<'a> {
+    files: Vec<FileRowJson<'a>>,
+    uploads: Vec<UploadRow<'a>>,
+}
+
+/// path, source, size, mtime_ns, content_hash, target_key, now
+type FileRowJson<'a> = (
+    &'a str,
+    &'a str,
+    i64,
+    i64,
+    Option<&'a str>,
+    Option<&'a str>,
+    i64,
+);
+
+/// target_key, kind, path, content_hash, fingerprint, now, request_id, bytes, action,
+/// http_status, client_request_id
+type UploadRow<'a> = (
+    &'a str,
+    &'a str,
+    &'a str,
+    &'a str,
+    &'a str,
+    i64,
+    Option<&'a str>,
+    i64,
+    &'a str,
+    u16,
+    Option<&'a str>,
+);
+
+impl<'a> Bulk<'a> {
+    /// Takes `op` when it is one of the gathered kinds.
+    fn gather(&mut self, op: &'a Op) -> bool {
+        match op {
+            Op::File {
+                path,
+                source,
+                size,
+                mtime_ns,
+                content_hash,
+                target_key,
+                now,
+            } => self.files.push((
+                path,
+                source,
+                *size,
+                *mtime_ns,
+                content_hash.as_deref(),
+                target_key.as_deref(),
+                *now,
+            )),
+            Op::Uploaded {
+                target_key,
+                kind,
+                path,
+                content_hash,
+                fingerprint,
+                bytes,
+                http_status,
+                request_id,
+                client_request_id,
+                action,
+                now,
+            } => self.uploads.push((
+                target_key,
+                kind,
+                path,
+                content_hash,
+                fingerprint,
+                *now,
+                request_id.as_deref(),
+                *bytes,
+                action,
+                *http_status,
+                client_request_id.as_deref(),
+            )),
+            _ => return false,
+        }
+        true
+    }
+
+    async fn write(&mut self, tx: &mut sqlx::SqliteConnection) -> Result<(), StateError> {
+        // json_each yields the array in order, and ORDER BY key keeps it so: a path or target
+        // that appears twice ends with its later row, and history ids follow the batch.
+        if !self.files.is_empty() {
+            sqlx::query(
+                "INSERT INTO files (path, source, size, mtime_ns, content_hash, target_key, last_seen)
+                 SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4,
+                        value ->> 5, value ->> 6
+                 FROM json_each(?1) WHERE true ORDER BY key
+                 ON CONFLICT (path) DO UPDATE SET source = excluded.source, size = excluded.size,
+                   mtime_ns = excluded.mtime_ns, content_hash = excluded.content_hash,
+                   target_key = excluded.target_key, last_seen = excluded.last_seen",
+            )
+            .bind(json(&self.files))
+            .execute(&mut *tx)
+            .await?;
+            self.files.clear();
+        }
+        if !self.uploads.is_empty() {
+            let rows = json(&self.uploads);
+            sqlx::query(
+                "INSERT INTO targets (target_key, kind, state, path, last_hash, last_fingerprint,
+                   last_uploaded_at, last_request_id, attempts, updated_at)
+                 SELECT value ->> 0, value ->> 1, 'synced', value ->> 2, value ->> 3, value ->> 4,
+                        value ->> 5, value ->> 6, 0, value ->> 5
+                 FROM json_each(?1) WHERE true ORDER BY key
+                 ON CONFLICT (target_key) DO UPDATE SET state = 'synced', path = excluded.path,
+                   last_hash = excluded.last_hash, last_fingerprint = excluded.last_fingerprint,
+                   last_uploaded_at = excluded.last_uploaded_at,
+                   last_request_id = excluded.last_request_id, attempts = 0,
+                   next_attempt_at = NULL, failed_hash = NULL, failed_fingerprint = NULL,
+                   error_class = NULL, error_reason = NULL, error_status = NULL,
+                   error_code = NULL, error_message = NULL, error_request_id = NULL,
+                   error_at = NULL, updated_at = excluded.updated_at",
+            )
+            .bind(&rows)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "INSERT INTO uploads (at, target_key, path, content_hash, fingerprint, bytes,
+                   action, result, http_status, request_id, client_request_id)
+                 SELECT value ->> 5, value ->> 0, value ->> 2, value ->> 3, value ->> 4,
+                        value ->> 7, value ->> 8, 'ok', value ->> 9, value ->> 6, value ->> 10
+                 FROM json_each(?1) ORDER BY key",
+            )
+            .bind(&rows)
+            .execute(&mut *tx)
+            .await?;
+            self.uploads.clear();
+        }
+        Ok(())
+    }
+}
+
+fn json(rows: &impl serde::Serialize) -> String {
+    // Tuples of strings and integers: serialising them cannot fail.
+    serde_json::to_string(rows).unwrap_or_default()
 }
 
 /// One failed target, as `status` shows it.
@@ -690,5 +768,104 @@ mod tests {
             l.counts_by_state().await.unwrap(),
             [("synced".to_owned(), 1)]
         );
+    }
+
+    fn file_op(path: &str, size: i64, hash: &str) -> Op {
+        Op::File {
+            path: path.into(),
+            source: "/p".into(),
+            size,
+            mtime_ns: 5,
+            content_hash: Some(hash.into()),
+            target_key: Some("user:a@x".into()),
+            now: 1,
+        }
+    }
+
+    fn uploaded_op(hash: &str, now: i64) -> Op {
+        Op::Uploaded {
+            target_key: "user:a@x".into(),
+            kind: "user",
+            path: "/p/a.jpg".into(),
+            content_hash: hash.into(),
+            fingerprint: "f".into(),
+            bytes: 10,
+            http_status: 200,
+            request_id: Some(format!("r{now}")),
+            client_request_id: None,
+            action: "upload",
+            now,
+        }
+    }
+
+    #[tokio::test]
+    async fn gathered_writes_keep_the_batch_order_for_each_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = Ledger::open(&dir.path().join("state.db")).await.unwrap();
+        let failed = Op::Failed {
+            target_key: "user:a@x".into(),
+            kind: "user",
+            path: "/p/a.jpg".into(),
+            content_hash: Some("h2".into()),
+            fingerprint: "f".into(),
+            class: FailureClass::Transient,
+            reason: "http_503".into(),
+            http_status: Some(503),
+            code: None,
+            message: "busy".into(),
+            request_id: None,
+            attempts: 3,
+            next_attempt_at: Some(9),
+            action: "upload",
+            now: 3,
+        };
+        l.apply(&[
+            file_op("/p/a.jpg", 1, "h1"),
+            uploaded_op("h1", 2),
+            file_op("/p/a.jpg", 2, "h2"),
+            failed.clone(),
+            file_op("/p/b.jpg", 3, "h3"),
+            Op::ForgetFile {
+                path: "/p/b.jpg".into(),
+            },
+            file_op("/p/a.jpg", 4, "h4"),
+            uploaded_op("h4", 4),
+        ])
+        .await
+        .unwrap();
+        let s = l.snapshot().await.unwrap();
+        assert_eq!(s.files["/p/a.jpg"].size, 4);
+        assert_eq!(s.files["/p/a.jpg"].content_hash.as_deref(), Some("h4"));
+        assert!(!s.files.contains_key("/p/b.jpg"));
+        let t = &s.targets["user:a@x"];
+        assert_eq!(
+            (
+                t.state.as_str(),
+                t.last_hash.as_deref(),
+                t.error_class.as_deref()
+            ),
+            ("synced", Some("h4"), None)
+        );
+        let history: Vec<(String, Option<String>, Option<i64>)> =
+            sqlx::query_as("SELECT result, content_hash, http_status FROM uploads ORDER BY id")
+                .fetch_all(l.pool())
+                .await
+                .unwrap();
+        assert_eq!(
+            history,
+            [
+                ("ok".to_owned(), Some("h1".to_owned()), Some(200)),
+                (
+                    "failed_transient".to_owned(),
+                    Some("h2".to_owned()),
+                    Some(503)
+                ),
+                ("ok".to_owned(), Some("h4".to_owned()), Some(200)),
+            ]
+        );
+        // And the other way round: a failure after a success in one batch leaves it failed.
+        l.apply(&[uploaded_op("h5", 5), failed]).await.unwrap();
+        let s = l.snapshot().await.unwrap();
+        assert_eq!(s.targets["user:a@x"].state, "failed");
     }
 }
