@@ -54,9 +54,29 @@ struct State {
 
 #[derive(Debug, Clone, Copy)]
 struct Adapted {
-    /// Requests per second the service let through when it throttled us.
-    limit: f64,
+    /// The rate in effect when the service throttled.
+    was: f64,
+    /// Successes counted over `window` seconds up to the throttle, and those that arrived while
+    /// the gate was closed (answers to requests sent before it closed).
+    counted: usize,
+    late: usize,
+    window: f64,
+    /// When the gate reopened: growth starts then.
     since: Instant,
+}
+
+impl Adapted {
+    /// Requests per second the service let through when it throttled us.
+    fn limit(&self) -> f64 {
+        let observed = (self.counted + self.late) as f64 / self.window;
+        if self.counted > 0 && observed >= 1.0 {
+            observed.min(self.was)
+        } else {
+            // Nothing got through lately (a throttle out of the blue), so answers still on the
+            // wire say nothing about a rate either: halve, as a last resort.
+            self.was / 2.0
+        }
+    }
 }
 
 impl State {
@@ -66,7 +86,7 @@ impl State {
             return (max_rate, true);
         };
         let t = now.saturating_duration_since(a.since).as_secs_f64() / GROWTH_PERIOD_S;
-        let rate = a.limit * (BACKOFF_SHARE + t * t * t);
+        let rate = a.limit() * (BACKOFF_SHARE + t * t * t);
         if rate >= max_rate {
             self.adapted = None;
             return (max_rate, true);
@@ -84,16 +104,16 @@ impl State {
         }
     }
 
-    /// Successes per second over the last [`WINDOW`] the gate was open; `None` when nothing went
-    /// through since it last reopened (the service still throttles: that says nothing about the
-    /// rate it takes).
-    fn observed_rate(&mut self, now: Instant) -> Option<f64> {
+    /// Successes over the last [`WINDOW`] the gate was open, and how long that was (s); `None`
+    /// when nothing went through since it last reopened (the service still throttles: that says
+    /// nothing about the rate it takes).
+    fn observed(&mut self, now: Instant) -> Option<(usize, f64)> {
         self.forget_old(now);
         let Some(reopened) = self
             .reopened
             .filter(|r| now.saturating_duration_since(*r) < WINDOW)
         else {
-            return Some(self.successes.len() as f64 / WINDOW.as_secs_f64());
+            return Some((self.successes.len(), WINDOW.as_secs_f64()));
         };
         let since = self
             .successes
@@ -103,7 +123,7 @@ impl State {
             .count();
         // Over less than a quarter of the window a count says too little.
         let open = now.saturating_duration_since(reopened).max(WINDOW / 4);
-        (since > 0).then(|| since as f64 / open.as_secs_f64())
+        (since > 0).then_some((since, open.as_secs_f64()))
     }
 }
 
@@ -186,15 +206,12 @@ impl Limiter {
             // Answers to requests already on the wire belong to the same episode: only its
             // first one says anything about the rate.
             let (rate, _) = s.rate(self.max_rate, now);
-            let limit = match s.observed_rate(now) {
-                Some(observed) if observed >= 1.0 => Some(observed.min(rate)),
-                // Nothing got through lately (a throttle out of the blue): halve, as a last resort.
-                Some(_) => Some(rate / 2.0),
-                None => None,
-            };
-            if let Some(limit) = limit {
+            if let Some((counted, window)) = s.observed(now) {
                 s.adapted = Some(Adapted {
-                    limit,
+                    was: rate,
+                    counted,
+                    late: 0,
+                    window,
                     since: reopens,
                 });
             }
@@ -212,6 +229,9 @@ impl Limiter {
         let mut s = self.state();
         s.forget_old(now);
         s.successes.push_back(now);
+        if let Some(a) = s.adapted.as_mut().filter(|a| now < a.since) {
+            a.late += 1;
+        }
     }
 
     /// How many throttling answers (429, or 503/504 with Retry-After) were seen.
@@ -440,9 +460,31 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn answers_that_arrive_while_the_gate_is_closed_count_towards_the_limit() {
+        let l = Limiter::new(100.0, 100);
+        for _ in 0..15 {
+            l.succeeded();
+        }
+        l.throttled(Some(Duration::from_secs(1)));
+        // Requests sent before the gate closed, admitted, answered after the 429.
+        tokio::time::advance(Duration::from_millis(5)).await;
+        for _ in 0..5 {
+            l.succeeded();
+        }
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(
+            (l.current_rate() - 19.6).abs() < 0.05,
+            "{}",
+            l.current_rate()
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_throttle_with_nothing_admitted_halves_the_rate() {
         let l = Limiter::new(200.0, 20);
         l.throttled(Some(Duration::from_millis(500)));
+        // An answer to a request that was already on the wire changes nothing.
+        l.succeeded();
         assert!(
             (l.current_rate() - 98.0).abs() < 1.0,
             "{}",
