@@ -5,6 +5,7 @@
 mod backfill;
 mod crash;
 mod daemon;
+mod disk;
 mod faults;
 mod fuzz;
 mod helpers;
