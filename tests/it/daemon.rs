@@ -62,6 +62,10 @@ impl Daemon {
         }
     }
 
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id().unwrap()
+    }
+
     pub(crate) fn signal(&self, sig: &str) {
         let pid = self.child.id().unwrap().to_string();
         let ok = std::process::Command::new("kill")

@@ -11,3 +11,4 @@ mod fuzz;
 mod helpers;
 mod image;
 mod operator;
+mod soak;
