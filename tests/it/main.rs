@@ -8,5 +8,6 @@ mod daemon;
 mod faults;
 mod fuzz;
 mod helpers;
+mod identity;
 mod image;
 mod operator;
