@@ -125,13 +125,15 @@ impl MapTable {
                 Ok(r) => r,
                 Err(e) => {
                     problems.push(RowProblem {
-                        line: e.position().map_or(0, csv::Position::line),
+                        line: e.position().map_or(0, |p| line_at(text, p.byte() as usize)),
                         message: format!("cannot parse the row: {e}"),
                     });
                     continue;
                 }
             };
-            let line = record.position().map_or(0, csv::Position::line);
+            let line = record
+                .position()
+                .map_or(0, |p| line_at(text, p.byte() as usize));
             if record.iter().all(str::is_empty) {
                 continue;
             }
@@ -227,6 +229,18 @@ impl MapTable {
     pub fn file_name(&self) -> String {
         self.path.display().to_string()
     }
+}
+
+/// The line a record starts on. The reader's own line count starts a record at the blank lines
+/// before it (it skips them as part of the record), so the number comes from the first byte of
+/// the record's content instead.
+fn line_at(text: &str, byte: usize) -> u64 {
+    let bytes = text.as_bytes();
+    let mut at = byte.min(bytes.len());
+    while at < bytes.len() && matches!(bytes[at], b'\n' | b'\r') {
+        at += 1;
+    }
+    bytes[..at].split(|c| *c == b'\n').count() as u64
 }
 
 /// How a file name is matched: NFC, case-insensitive, without a photo extension, so that a row
@@ -330,6 +344,13 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("hr.csv") && e.contains("line 2"), "{e}");
+    }
+
+    /// Found by the property test: the reader counted a row after a blank line from the blank.
+    #[test]
+    fn a_bad_row_after_blank_lines_names_its_own_line() {
+        let (_, p) = parse("badge,upn\n\n\r\n7\n", KeyKind::Upn);
+        assert_eq!(p.iter().map(|p| p.line).collect::<Vec<_>>(), [4], "{p:?}");
     }
 
     #[test]
