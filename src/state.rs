@@ -101,6 +101,8 @@ pub enum FailureClass {
     Permanent,
     /// Refused before sending (not an image, too large, bad name).
     Local,
+    /// The user it names does not exist yet; looked up again on the parked schedule.
+    Parked,
 }
 
 impl FailureClass {
@@ -109,6 +111,7 @@ impl FailureClass {
             FailureClass::Transient => "transient",
             FailureClass::Permanent => "permanent",
             FailureClass::Local => "local",
+            FailureClass::Parked => "parked",
         }
     }
 }
@@ -142,6 +145,22 @@ pub enum Op {
     },
     /// A photo file is gone from the tree: the ledger forgets it.
     ForgetFile { path: String },
+    /// A lookup key resolved to a user.
+    Resolved {
+        lookup_key: String,
+        object_id: String,
+        upn: String,
+        now: i64,
+        expires_at: i64,
+    },
+    /// The photo's metadata read back after an upload: what `verify` compares against later.
+    Etag {
+        target_key: String,
+        graph_id: Option<String>,
+        media_etag: Option<String>,
+    },
+    /// `verify` found the photo changed or removed behind photosync's back: upload it again.
+    Drifted { target_key: String, now: i64 },
     /// Graph answered 2xx (or 404: nothing to delete) to a photo DELETE.
     Deleted {
         target_key: String,
@@ -380,6 +399,7 @@ impl Ledger {
                          ON CONFLICT (target_key) DO UPDATE SET state = 'synced', path = ?3,
                            last_hash = ?4, last_fingerprint = ?5, last_uploaded_at = ?6,
                            last_request_id = ?7, attempts = 0, next_attempt_at = NULL,
+                           parked_since = NULL,
                            failed_hash = NULL, failed_fingerprint = NULL, error_class = NULL,
                            error_reason = NULL, error_status = NULL, error_code = NULL,
                            error_message = NULL, error_request_id = NULL, error_at = NULL,
@@ -475,8 +495,8 @@ impl Ledger {
                         "INSERT INTO targets (target_key, kind, state, path, attempts, next_attempt_at,
                            failed_hash, failed_fingerprint, error_class, error_reason, error_status,
                            error_code, error_message, error_request_id, error_at, updated_at)
-                         VALUES (?1, ?2, 'failed', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?14)
-                         ON CONFLICT (target_key) DO UPDATE SET state = 'failed', path = ?3,
+                         VALUES (?1, ?2, ?15, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?14)
+                         ON CONFLICT (target_key) DO UPDATE SET state = ?15, path = ?3,
                            attempts = ?4, next_attempt_at = ?5, failed_hash = ?6,
                            failed_fingerprint = ?7, error_class = ?8, error_reason = ?9,
                            error_status = ?10, error_code = ?11, error_message = ?12,
@@ -496,6 +516,20 @@ impl Ledger {
                     .bind(message)
                     .bind(request_id)
                     .bind(now)
+                    .bind(if *class == FailureClass::Parked {
+                        "parked"
+                    } else {
+                        "failed"
+                    })
+                    .execute(&mut *tx)
+                    .await?;
+                    // parked_max_age counts from the first time a photo was parked.
+                    sqlx::query(
+                        "UPDATE targets SET parked_since = CASE WHEN state = 'parked'
+                           THEN COALESCE(parked_since, ?2) END WHERE target_key = ?1",
+                    )
+                    .bind(target_key)
+                    .bind(now)
                     .execute(&mut *tx)
                     .await?;
                     sqlx::query(
@@ -514,6 +548,52 @@ impl Ledger {
                     .bind(code)
                     .bind(message)
                     .bind(request_id)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                Op::Resolved {
+                    lookup_key,
+                    object_id,
+                    upn,
+                    now,
+                    expires_at,
+                } => {
+                    sqlx::query(
+                        "INSERT INTO resolutions (lookup_key, object_id, upn, resolved_at, expires_at)
+                         VALUES (?1, ?2, ?3, ?4, ?5)
+                         ON CONFLICT (lookup_key) DO UPDATE SET object_id = ?2, upn = ?3,
+                           resolved_at = ?4, expires_at = ?5",
+                    )
+                    .bind(lookup_key)
+                    .bind(object_id)
+                    .bind(upn)
+                    .bind(now)
+                    .bind(expires_at)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                Op::Etag {
+                    target_key,
+                    graph_id,
+                    media_etag,
+                } => {
+                    sqlx::query(
+                        "UPDATE targets SET media_etag = ?2, graph_id = COALESCE(?3, graph_id)
+                         WHERE target_key = ?1 AND state = 'synced'",
+                    )
+                    .bind(target_key)
+                    .bind(media_etag)
+                    .bind(graph_id)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                Op::Drifted { target_key, now } => {
+                    sqlx::query(
+                        "UPDATE targets SET state = 'pending', updated_at = ?2
+                         WHERE target_key = ?1 AND state = 'synced'",
+                    )
+                    .bind(target_key)
+                    .bind(now)
                     .execute(&mut *tx)
                     .await?;
                 }
@@ -641,6 +721,129 @@ impl Ledger {
         sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
         sqlx::query("ROLLBACK").execute(&mut *conn).await?;
         Ok(())
+    }
+}
+
+/// A looked-up user, as the resolution cache keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CachedResolution {
+    pub object_id: String,
+    pub upn: String,
+    pub expires_at: i64,
+}
+
+/// A synced target, as `verify` checks it.
+#[derive(Debug, Clone)]
+pub struct SyncedTarget {
+    pub target_key: String,
+    pub path: Option<String>,
+    pub graph_id: Option<String>,
+    pub media_etag: Option<String>,
+}
+
+impl Ledger {
+    /// Every cached resolution that has not expired at `now`.
+    pub async fn resolutions(
+        &self,
+        now: i64,
+    ) -> Result<HashMap<String, CachedResolution>, StateError> {
+        let rows = sqlx::query(
+            "SELECT lookup_key, object_id, upn, expires_at FROM resolutions WHERE expires_at > ?1",
+        )
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                (
+                    r.get(0),
+                    CachedResolution {
+                        object_id: r.get(1),
+                        upn: r.get(2),
+                        expires_at: r.get(3),
+                    },
+                )
+            })
+            .collect())
+    }
+
+    /// When `target_key` was first parked, if it is parked.
+    pub async fn parked_since(&self, target_key: &str) -> Result<Option<i64>, StateError> {
+        Ok(sqlx::query_scalar(
+            "SELECT parked_since FROM targets WHERE target_key = ?1 AND state = 'parked'",
+        )
+        .bind(target_key)
+        .fetch_optional(&self.pool)
+        .await?
+        .flatten())
+    }
+
+    /// Files of targets whose retry is due at `now`: parked photos and transient failures.
+    pub async fn due_paths(&self, now: i64) -> Result<Vec<String>, StateError> {
+        Ok(sqlx::query_scalar(
+            "SELECT path FROM targets WHERE path IS NOT NULL AND next_attempt_at <= ?1
+               AND (state = 'parked' OR (state = 'failed' AND error_class = 'transient'))",
+        )
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// The earliest retry time of a parked photo or transient failure, if any.
+    pub async fn next_due(&self) -> Result<Option<i64>, StateError> {
+        Ok(sqlx::query_scalar(
+            "SELECT MIN(next_attempt_at) FROM targets
+             WHERE state = 'parked' OR (state = 'failed' AND error_class = 'transient')",
+        )
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    /// Synced user and group targets, for `verify` (contact photos carry no etag to compare).
+    pub async fn synced_targets(&self) -> Result<Vec<SyncedTarget>, StateError> {
+        let rows = sqlx::query(
+            "SELECT target_key, path, graph_id, media_etag FROM targets
+             WHERE state = 'synced' AND kind IN ('user', 'group') ORDER BY target_key",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| SyncedTarget {
+                target_key: r.get(0),
+                path: r.get(1),
+                graph_id: r.get(2),
+                media_etag: r.get(3),
+            })
+            .collect())
+    }
+
+    /// Counts of parked targets and the oldest pending or parked item, for `status`.
+    pub async fn parked(&self) -> Result<Vec<FailureRow>, StateError> {
+        let rows = sqlx::query(
+            "SELECT target_key, path, error_reason, error_message, error_at, next_attempt_at,
+                    parked_since
+             FROM targets WHERE state = 'parked' ORDER BY parked_since, target_key",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| FailureRow {
+                target: r.get(0),
+                path: r.get(1),
+                class: Some("parked".into()),
+                reason: r.get(2),
+                http_status: None,
+                code: None,
+                message: r.get(3),
+                request_id: None,
+                attempts: 0,
+                at: r.get::<Option<i64>, _>(6).or(r.get(4)),
+                next_attempt_at: r.get(5),
+            })
+            .collect())
     }
 }
 

@@ -151,6 +151,13 @@ async fn follow(
     let mut last_rescan = Instant::now();
     let mut last_poll = Instant::now();
     let mut queued_paths: Vec<PathBuf> = Vec::new();
+    // Parked photos and transient failures come due without any file changing.
+    let due_every = cfg
+        .sync
+        .parked_retry
+        .min(cfg.sync.retry_failed_after)
+        .min(Duration::from_secs(60));
+    let mut last_due_check = Instant::now();
     let tick = (cfg.sync.debounce / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
     let mut ticker = tokio::time::interval(tick);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -240,6 +247,20 @@ async fn follow(
             rescan_due = true;
         }
         queued_paths.extend(debounce.due(cfg.sync.debounce));
+        if planning.is_none() && !rescan_due && last_due_check.elapsed() >= due_every {
+            last_due_check = Instant::now();
+            match engine.due_paths().await {
+                Ok(due) if !due.is_empty() => {
+                    tracing::info!(
+                        photos = due.len(),
+                        "retries due (parked new hires, transient failures)"
+                    );
+                    queued_paths.extend(due);
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "cannot read due retries from the ledger"),
+            }
+        }
         if planning.is_none() {
             if rescan_due {
                 rescan_due = false;

@@ -9,6 +9,7 @@ mod disk;
 mod faults;
 mod fuzz;
 mod helpers;
+mod identity;
 mod image;
 mod operator;
 mod soak;
