@@ -893,30 +893,7 @@ impl Planner<'_> {
     /// No user has the value yet (a new hire whose account is not there): look again every
     /// `parked_retry`, for `parked_max_age` from the first time, then give up.
     async fn park(&self, job: &Job, message: String) {
-        let sync = &self.shared.cfg.sync;
-        let now = now_ms();
-        let since = match &self.shared.ledger {
-            Some(l) => l.parked_since(&job.key).await.ok().flatten(),
-            None => None,
-        }
-        .unwrap_or(now);
-        let max_age = i64::try_from(sync.parked_max_age.as_millis()).unwrap_or(i64::MAX);
-        if now.saturating_sub(since) > max_age {
-            let message = format!(
-                "{message} (looked for since {}, parked_max_age {} is over)",
-                humantime::format_rfc3339_seconds(
-                    std::time::UNIX_EPOCH + Duration::from_millis(since as u64)
-                ),
-                humantime::format_duration(sync.parked_max_age)
-            );
-            tracing::warn!(path = %job.path, target = %job.key, %message, "giving up on parked photo");
-            let f = local_failure("no_such_user", message);
-            record_failure(self.shared, job, FailureClass::Permanent, f, None, 0).await;
-            return;
-        }
-        tracing::info!(path = %job.path, target = %job.key, %message, retry_in = %humantime::format_duration(sync.parked_retry), "parked until the user exists");
-        let f = local_failure("no_such_user", message);
-        record_failure(self.shared, job, FailureClass::Parked, f, None, 0).await;
+        park(self.shared, job, "no_such_user", message, None).await;
     }
 
     /// Step 1: mapping, conflicts, and the stat-only check. Returns a read to run when the
@@ -1193,9 +1170,20 @@ impl Planner<'_> {
             if refused_roots.contains(&n) {
                 continue;
             }
-            let Some(target) = Target::from_key(&key) else {
+            let Some(mut target) = Target::from_key(&key) else {
                 continue;
             };
+            if target.lookup.is_some() {
+                // Named by mail or employee id: delete where the photo went, or not at all.
+                let cached = lock(&self.shared.resolutions)
+                    .as_ref()
+                    .and_then(|c| c.get(&key).map(|r| r.object_id.clone()));
+                let Some(id) = cached else {
+                    tracing::warn!(%path, target = %key, "photo file removed, but its user's id is no longer cached; the photo in Graph is kept");
+                    continue;
+                };
+                target = Target::user(&id);
+            }
             if target.kind == crate::config::TargetKind::Contact {
                 tracing::info!(%path, target = %key, "contact photos cannot be deleted through Graph; left as is");
                 continue;
@@ -1566,6 +1554,10 @@ async fn upload(shared: &Arc<Shared>, job: &Job, hash: &str, bytes: Bytes, reaso
                 record_etag(shared, job).await;
             }
         }
+        Sent::Failed(e, FailureClass::Permanent, _) if user_not_there_yet(&job.target, &e) => {
+            let message = format!("Graph does not know user {} (yet): {e}", job.target.id);
+            park(shared, job, "not_found", message, Some(&e)).await;
+        }
         Sent::Failed(e, class, attempts) => fail_graph(shared, job, &e, class, attempts).await,
         Sent::Stopped => {}
     }
@@ -1727,6 +1719,63 @@ where
             }
         }
     }
+}
+
+/// No user has the value yet (a new hire whose account is not there), or Graph does not know
+/// the user yet: look again every `parked_retry`, for `parked_max_age` from the first time, then
+/// give up with a permanent failure.
+async fn park(
+    shared: &Arc<Shared>,
+    job: &Job,
+    reason: &str,
+    message: String,
+    e: Option<&GraphError>,
+) {
+    let sync = &shared.cfg.sync;
+    let now = now_ms();
+    let since = match &shared.ledger {
+        Some(l) => l.parked_since(&job.key).await.ok().flatten(),
+        None => None,
+    }
+    .unwrap_or(now);
+    let max_age = i64::try_from(sync.parked_max_age.as_millis()).unwrap_or(i64::MAX);
+    let gave_up = now.saturating_sub(since) > max_age;
+    let message = if gave_up {
+        format!(
+            "{message} (looked for since {}; parked_max_age {} is over)",
+            humantime::format_rfc3339_seconds(
+                std::time::UNIX_EPOCH + Duration::from_millis(since as u64)
+            ),
+            humantime::format_duration(sync.parked_max_age)
+        )
+    } else {
+        message
+    };
+    let f = Failure {
+        code: e.and_then(GraphError::code).map(ToOwned::to_owned),
+        request_id: e.and_then(GraphError::request_id).map(ToOwned::to_owned),
+        ..local_failure(reason, message)
+    };
+    let status = e.and_then(GraphError::status);
+    if gave_up {
+        tracing::warn!(path = %job.path, target = %job.key, message = %f.message, "giving up on parked photo");
+        record_failure(shared, job, FailureClass::Permanent, f, status, 0).await;
+    } else {
+        tracing::info!(path = %job.path, target = %job.key, message = %f.message, retry_in = %humantime::format_duration(sync.parked_retry), "parked until the user exists");
+        record_failure(shared, job, FailureClass::Parked, f, status, 0).await;
+    }
+}
+
+/// A 404 for a user (not a mailbox error): the account may be minutes old (Graph and Exchange
+/// take a while to know a new user), or be created later by HR's provisioning. Parked, like a
+/// lookup that found no one, rather than failed for good.
+fn user_not_there_yet(target: &Target, e: &GraphError) -> bool {
+    target.kind == crate::config::TargetKind::User
+        && e.status() == Some(404)
+        && !matches!(
+            e.code(),
+            Some("ErrorNonExistentMailbox" | "MailboxNotHostedInExchangeOnline")
+        )
 }
 
 /// A failure decided here rather than answered by Graph.

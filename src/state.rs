@@ -783,7 +783,8 @@ impl Ledger {
     pub async fn due_paths(&self, now: i64) -> Result<Vec<String>, StateError> {
         Ok(sqlx::query_scalar(
             "SELECT path FROM targets WHERE path IS NOT NULL AND next_attempt_at <= ?1
-               AND (state = 'parked' OR (state = 'failed' AND error_class = 'transient'))",
+               AND (state = 'parked' OR (state = 'failed' AND error_class = 'transient'))
+               AND path IN (SELECT path FROM files)",
         )
         .bind(now)
         .fetch_all(&self.pool)
@@ -823,7 +824,7 @@ impl Ledger {
     pub async fn parked(&self) -> Result<Vec<FailureRow>, StateError> {
         let rows = sqlx::query(
             "SELECT target_key, path, error_reason, error_message, error_at, next_attempt_at,
-                    parked_since
+                    parked_since, error_status, error_code, error_request_id
              FROM targets WHERE state = 'parked' ORDER BY parked_since, target_key",
         )
         .fetch_all(&self.pool)
@@ -835,10 +836,10 @@ impl Ledger {
                 path: r.get(1),
                 class: Some("parked".into()),
                 reason: r.get(2),
-                http_status: None,
-                code: None,
+                http_status: r.get(7),
+                code: r.get(8),
                 message: r.get(3),
-                request_id: None,
+                request_id: r.get(9),
                 attempts: 0,
                 at: r.get::<Option<i64>, _>(6).or(r.get(4)),
                 next_attempt_at: r.get(5),

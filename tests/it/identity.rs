@@ -420,3 +420,32 @@ async fn include_and_exclude_globs_and_a_csv_report() {
     let csv = std::fs::read_to_string(&report).unwrap();
     assert!(csv.contains("user:a@contoso.com,none,unchanged"), "{csv}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn removing_a_photo_named_by_employee_id_deletes_it_where_it_went() {
+    let env = Env::new().await;
+    env.write_config(&format!(
+        "{}\n[sync]\non_delete = \"delete\"\n",
+        staff_source("employee_id", "")
+    ));
+    let id = add_employee(&env, "leaver@contoso.com", "000042", "leaver@contoso.com");
+    add_employee(&env, "stayer@contoso.com", "000043", "stayer@contoso.com");
+    let gone = env.put("staff/000042.jpg", &unique_jpeg(42));
+    env.put("staff/000043.jpg", &unique_jpeg(43));
+    let out = env.run(&["backfill"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(env.emu.user_photo(&id).is_some());
+    std::fs::remove_file(gone).unwrap();
+    env.emu.clear_requests();
+    let out = env.run(&["backfill"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(env.emu.user_photo(&id).is_none(), "{}", text(&out));
+    let deletes: Vec<_> = env
+        .emu
+        .requests()
+        .into_iter()
+        .filter(|r| r.kind == RequestKind::PhotoDelete)
+        .collect();
+    assert_eq!(deletes.len(), 1);
+    assert!(deletes[0].raw_path.contains(&id), "{}", deletes[0].raw_path);
+}
