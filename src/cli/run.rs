@@ -158,6 +158,15 @@ async fn follow(
         .min(cfg.sync.retry_failed_after)
         .min(Duration::from_secs(60));
     let mut last_due_check = Instant::now();
+    // A changed mapping file re-targets files that did not change: rescan when one changes.
+    let mapping_mtimes = || -> Vec<Option<std::time::SystemTime>> {
+        cfg.sources
+            .iter()
+            .filter_map(|s| s.mapping.as_ref())
+            .map(|m| std::fs::metadata(m).and_then(|m| m.modified()).ok())
+            .collect()
+    };
+    let mut mappings = mapping_mtimes();
     let tick = (cfg.sync.debounce / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
     let mut ticker = tokio::time::interval(tick);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -241,6 +250,14 @@ async fn follow(
         }
         if last_rescan.elapsed() >= cfg.sync.rescan_interval {
             rescan_due = true;
+        }
+        if !mappings.is_empty() {
+            let now = mapping_mtimes();
+            if now != mappings {
+                tracing::info!("a mapping file changed; rescanning");
+                mappings = now;
+                rescan_due = true;
+            }
         }
         if !watch.polled.is_empty() && last_poll.elapsed() >= cfg.sync.poll_interval {
             last_poll = Instant::now();

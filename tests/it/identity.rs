@@ -449,3 +449,46 @@ async fn removing_a_photo_named_by_employee_id_deletes_it_where_it_went() {
     assert_eq!(deletes.len(), 1);
     assert!(deletes[0].raw_path.contains(&id), "{}", deletes[0].raw_path);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_daemon_follows_a_changed_mapping_file() {
+    let env = Env::new().await;
+    let alice = env.add_user("alice@contoso.com");
+    let bob = env.add_user("bob@contoso.com");
+    let csv = env.path("badges.csv");
+    std::fs::write(&csv, "badge,upn\n1001,alice@contoso.com\n").unwrap();
+    env.write_config(&format!(
+        "{}\n[sync]\ndebounce = \"100ms\"\n",
+        staff_source(
+            "upn",
+            "mapping = \"badges.csv\"\ncolumn_file = \"badge\"\ncolumn_target = \"upn\""
+        )
+    ));
+    env.put("staff/1001.jpg", &unique_jpeg(1001));
+    let daemon = tokio::process::Command::new(env!("CARGO_BIN_EXE_photosync"))
+        .arg("-c")
+        .arg(&env.config)
+        .arg("run")
+        .env_remove("RUST_LOG")
+        .kill_on_drop(true)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let wait_for = |id: String| {
+        let emu = env.emu.clone();
+        async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+            while emu.user_photo(&id).is_none() {
+                assert!(tokio::time::Instant::now() < deadline, "no photo for {id}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    wait_for(alice.clone()).await;
+    // HR corrects the export: badge 1001 is Bob. The photo file itself does not change.
+    std::fs::write(&csv, "badge,upn\n1001,bob@contoso.com\n").unwrap();
+    wait_for(bob.clone()).await;
+    assert_eq!(env.emu.user_photo(&bob).unwrap().bytes, unique_jpeg(1001));
+    nix_term(&daemon);
+}
