@@ -55,6 +55,12 @@ pub enum EngineError {
     Http(#[source] reqwest::Error),
     #[error("a {task} task panicked: {message}")]
     Panicked { task: &'static str, message: String },
+    #[error("cannot write the database {}: {source}; the run stopped, and what was uploaded but not recorded is uploaded again by the next run", path.display())]
+    LedgerWrite {
+        path: PathBuf,
+        #[source]
+        source: StateError,
+    },
 }
 
 /// How one pass plans.
@@ -400,6 +406,13 @@ impl Engine {
         self.take_fatal().map(|()| report)
     }
 
+    /// Resolves once the engine has stopped: cancelled, or stopped by a fatal error (the
+    /// ledger cannot be written, the credentials were refused) that [`Engine::shutdown`]
+    /// returns. A daemon must not keep watching with an engine that no longer works.
+    pub async fn stopped(&self) {
+        self.shared.cancel.cancelled().await;
+    }
+
     /// Files whose retry is due now: parked photos (their user may exist by now) and transient
     /// failures past their `next_attempt_at`. The daemon plans them without waiting for a change.
     pub async fn due_paths(&self) -> Result<Vec<PathBuf>, EngineError> {
@@ -566,7 +579,7 @@ impl Engine {
         if dropped > 0 {
             tracing::info!(dropped, "queued uploads left for the next run");
         }
-        let mut result = Ok(());
+        let mut result = self.take_fatal();
         let deadline = tokio::time::sleep(grace);
         tokio::pin!(deadline);
         loop {
@@ -596,7 +609,16 @@ impl Engine {
         if let Some(w) = writer_task {
             match w.await {
                 Ok(Ok(())) => {}
-                Ok(Err(e)) => result = result.and(Err(e.into())),
+                Ok(Err(source)) => {
+                    result = result.and(Err(EngineError::LedgerWrite {
+                        path: self
+                            .ledger
+                            .as_ref()
+                            .map(|l| l.path().to_owned())
+                            .unwrap_or_default(),
+                        source,
+                    }));
+                }
                 Err(e) => {
                     result = result.and(Err(EngineError::Panicked {
                         task: "ledger writer",
@@ -1091,7 +1113,21 @@ impl Planner<'_> {
         let mut refused_roots = HashSet::new();
         if cfg.sync.on_delete == crate::config::OnDelete::Delete {
             for (n, _, _) in &deletes {
-                if self.whole_tree && self.root_files[*n] == Some(0) {
+                if refused_roots.contains(n) {
+                    continue;
+                }
+                let emptied = if self.whole_tree {
+                    self.root_files[*n] == Some(0)
+                } else {
+                    // The watcher reported paths, not the state of the root: files deleted
+                    // one by one (a share wiped, or unmounted under the watch) would otherwise
+                    // pass as ordinary deletions, a few per pass.
+                    let root = cfg.sources[*n].root.clone();
+                    tokio::task::spawn_blocking(move || source::looks_emptied(&root))
+                        .await
+                        .unwrap_or(true)
+                };
+                if emptied {
                     refused_roots.insert(*n);
                 }
             }

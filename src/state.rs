@@ -31,6 +31,13 @@ pub enum StateError {
         #[source]
         source: sqlx::Error,
     },
+    #[error("cannot open the database {path}: its folder {dir} is not writable ({source}); the ledger and its -wal and -shm files need a writable folder")]
+    FolderNotWritable {
+        path: PathBuf,
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot migrate the database {path}: {source}")]
     Migrate {
         path: PathBuf,
@@ -208,9 +215,17 @@ impl Ledger {
             .max_connections(2)
             .connect_with(opts)
             .await
-            .map_err(|source| StateError::Open {
-                path: path.to_owned(),
-                source,
+            .map_err(|source| match folder_not_writable(path) {
+                // SQLite only says "unable to open database file".
+                Some((dir, source)) => StateError::FolderNotWritable {
+                    path: path.to_owned(),
+                    dir,
+                    source,
+                },
+                None => StateError::Open {
+                    path: path.to_owned(),
+                    source,
+                },
             })?;
         sqlx::migrate!()
             .run(&pool)
@@ -834,6 +849,27 @@ impl Ledger {
 }
 
 /// Milliseconds since the Unix epoch.
+/// The database's folder and why a file cannot be created in it, if it cannot.
+fn folder_not_writable(path: &Path) -> Option<(PathBuf, std::io::Error)> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let probe = dir.join(format!(".photosync-write-test-{}", std::process::id()));
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)
+    {
+        Ok(_) => {
+            let _ = std::fs::remove_file(&probe);
+            None
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => None,
+        Err(e) => Some((dir.to_owned(), e)),
+    }
+}
+
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

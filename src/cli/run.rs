@@ -23,6 +23,9 @@ use crate::watch::{self, Debounce};
 
 use super::exit;
 
+/// How often the roots' identities are checked (see [`watch::Identity`]).
+const ROOT_CHECK_EVERY: Duration = Duration::from_secs(1);
+
 #[derive(Debug, clap::Args)]
 pub struct Args {}
 
@@ -129,12 +132,15 @@ async fn follow(
 ) -> (Next, Result<(), EngineError>) {
     let roots: Vec<PathBuf> = cfg.sources.iter().map(|s| s.root.clone()).collect();
     let (tx, mut events) = mpsc::channel::<PathBuf>(8192);
-    let watch = watch::start(&roots, cfg.sync.watch, &tx);
-    drop(tx);
+    let mut watch = watch::start(&roots, cfg.sync.watch, &tx);
     Stats::flag(
         &stats.watchers_ok,
         watch.all_watched() || cfg.sync.watch == crate::config::WatchMode::Poll,
     );
+    // A root unmounted or mounted over leaves a deaf watch behind; its identity is checked off
+    // the event loop (a hung network share must not stall it).
+    let mut root_check: Option<tokio::task::JoinHandle<Vec<watch::Identity>>> = None;
+    let mut last_root_check = Instant::now();
     let mut debounce = Debounce::default();
     let opts = PassOptions::default();
     // The reconcile pass runs like any rescan: in the background, so signals, reloads and
@@ -168,6 +174,8 @@ async fn follow(
     loop {
         tokio::select! {
             () = stop.cancelled() => return (Next::Stop, finish(planning).await),
+            // Stopped by a fatal error, which its shutdown reports.
+            () = engine.stopped() => return (Next::Stop, finish(planning).await),
             Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
                 match super::try_load_config(&cfg.path) {
                     Ok(new) => return (Next::Reload(Box::new(new)), finish(planning).await),
@@ -214,6 +222,28 @@ async fn follow(
                 let _ = sd_notify::notify(false, &[NotifyState::Ready]);
                 tracing::info!("reconciled; watching for changes");
             }
+        }
+        if let Some(check) = root_check.take_if(|h| h.is_finished()) {
+            let now = check.await.unwrap_or_default();
+            let moved = watch.moved(&now);
+            if !moved.is_empty() {
+                for root in moved {
+                    tracing::warn!(root = %root.display(), "source root was unmounted, mounted or replaced; watching it again and rescanning");
+                }
+                watch = watch::start(&roots, cfg.sync.watch, &tx);
+                Stats::flag(
+                    &stats.watchers_ok,
+                    watch.all_watched() || cfg.sync.watch == crate::config::WatchMode::Poll,
+                );
+                rescan_due = true;
+            }
+        }
+        if root_check.is_none() && last_root_check.elapsed() >= ROOT_CHECK_EVERY {
+            last_root_check = Instant::now();
+            let roots = roots.clone();
+            root_check = Some(tokio::task::spawn_blocking(move || {
+                watch::identities(&roots)
+            }));
         }
         if watch.rescan.swap(false, Ordering::Relaxed) {
             rescan_due = true;
