@@ -1152,6 +1152,17 @@ impl Planner<'_> {
                 return report;
             }
             report.deletions_refused = deletes.len() - allowed.len();
+        } else if self.whole_tree {
+            // Nothing is deleted in Graph either way, but forgetting the files of an unmounted
+            // share would cost reading and hashing every one of them when it is back.
+            for (n, _) in &gone {
+                if self.root_files[*n] == Some(0) && refused_roots.insert(*n) {
+                    tracing::warn!(
+                        root = %cfg.sources[*n].root.display(),
+                        "source root is empty but the ledger knows photos under it; is the share mounted? keeping their records until it is back"
+                    );
+                }
+            }
         }
         // Forget the files (not those under a root that looked unmounted: they may come back).
         for (n, path) in &gone {

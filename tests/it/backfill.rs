@@ -406,6 +406,13 @@ async fn the_secret_never_reaches_logs_output_or_database() {
         }
     }
 
+    for args in [&["status"][..], &["status", "--json"], &["verify"]] {
+        let out = env
+            .run_env(&[&["-vv"][..], args].concat(), &[("RUST_LOG", "trace")])
+            .await;
+        assert!(!text(&out).contains(SECRET), "secret in {args:?}");
+    }
+
     // A wrong secret: the AADSTS code and a hint, exit 3, and the wrong secret not echoed.
     std::fs::write(env.path("secret"), "wrong-secret-value-123").unwrap();
     let out = env.run(&["backfill", "--force"]).await;
@@ -566,4 +573,90 @@ async fn credential_files_readable_by_others_are_refused() {
         text(&out)
     );
     assert!(!text(&out).contains(SECRET));
+}
+
+/// Corporate networks reach Graph through a proxy named in the environment. The login and Graph
+/// hosts here are a loopback address nothing listens on, so only the proxy (the emulator itself,
+/// which answers requests in proxy form) can reach them; `NO_PROXY` sends requests direct.
+#[tokio::test(flavor = "multi_thread")]
+async fn requests_go_through_the_proxy_from_the_environment() {
+    let env = Env::new().await;
+    env.add_user("alice@contoso.com");
+    env.put("users/alice@contoso.com.jpg", &jpeg(1));
+    let config = std::fs::read_to_string(&env.config)
+        .unwrap()
+        .replace(&env.emu.url(), "http://127.0.0.2:9");
+    std::fs::write(&env.config, config).unwrap();
+    let proxy = env.emu.url();
+    let out = env
+        .run_env(
+            &["backfill"],
+            &[("HTTP_PROXY", &proxy), ("NO_PROXY", ""), ("no_proxy", "")],
+        )
+        .await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(
+        env.emu.user_photo("alice@contoso.com").unwrap().bytes,
+        jpeg(1)
+    );
+
+    env.put("users/alice@contoso.com.jpg", &jpeg(2));
+    let out = env
+        .run_env(
+            &["backfill"],
+            &[("HTTP_PROXY", &proxy), ("NO_PROXY", "127.0.0.2")],
+        )
+        .await;
+    assert_ne!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(
+        env.emu.user_photo("alice@contoso.com").unwrap().bytes,
+        jpeg(1)
+    );
+}
+
+/// With `on_delete = "keep"` an emptied root (an unmounted share) deletes nothing in Graph, and
+/// the ledger keeps its files' records, so the share coming back costs no re-reading.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_emptied_root_keeps_its_records_when_photos_are_kept() {
+    let env = Env::new().await;
+    for n in 0..3 {
+        let upn = format!("k{n}@contoso.com");
+        env.add_user(&upn);
+        env.put(&format!("users/{upn}.jpg"), &jpeg(n));
+    }
+    let out = env.run(&["backfill"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let files = |env: &Env| -> u64 {
+        let out = tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current().block_on(env.run(&["status", "--json"]))
+        });
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["files"].as_u64().unwrap()
+    };
+    // The share goes away (its files moved aside, mtimes kept) and comes back.
+    std::fs::rename(env.path("users"), env.path("users-away")).unwrap();
+    std::fs::create_dir(env.path("users")).unwrap();
+    let out = env.run(&["backfill"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        text(&out).contains("is the share mounted"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        files(&env),
+        3,
+        "the records of an emptied root were forgotten"
+    );
+    std::fs::remove_dir(env.path("users")).unwrap();
+    std::fs::rename(env.path("users-away"), env.path("users")).unwrap();
+    env.emu.clear_requests();
+    let out = env.run(&["backfill"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("3 unchanged"),
+        "{}",
+        text(&out)
+    );
+    assert!(upload_requests(&env.emu).is_empty());
 }
