@@ -213,6 +213,9 @@ pub struct UploadConfig {
     /// How long in-flight uploads may finish after a stop was asked for.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// After each upload, read the photo's `mediaEtag` back (one GET through the same limiter),
+    /// so that `verify` can tell a photo changed behind photosync's back.
+    pub record_etag: bool,
 }
 
 impl Default for UploadConfig {
@@ -226,6 +229,7 @@ impl Default for UploadConfig {
             request_timeout: Duration::from_secs(60),
             connect_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(30),
+            record_etag: true,
         }
     }
 }
@@ -317,6 +321,15 @@ pub struct SyncConfig {
     /// A photo whose transient failures used up its attempts is tried again after this long.
     #[serde(with = "humantime_serde")]
     pub retry_failed_after: Duration,
+    /// How long a looked-up id (mail, employeeId) is trusted before it is looked up again.
+    #[serde(with = "humantime_serde")]
+    pub resolve_ttl: Duration,
+    /// How often a photo whose user does not exist yet (a new hire) is looked up again.
+    #[serde(with = "humantime_serde")]
+    pub parked_retry: Duration,
+    /// After this long without a matching user, a parked photo is recorded as failed.
+    #[serde(with = "humantime_serde")]
+    pub parked_max_age: Duration,
 }
 
 impl Default for SyncConfig {
@@ -329,6 +342,9 @@ impl Default for SyncConfig {
             watch: WatchMode::Auto,
             poll_interval: Duration::from_secs(300),
             retry_failed_after: Duration::from_secs(24 * 3600),
+            resolve_ttl: Duration::from_secs(24 * 3600),
+            parked_retry: Duration::from_secs(3600),
+            parked_max_age: Duration::from_secs(14 * 24 * 3600),
         }
     }
 }
@@ -366,6 +382,17 @@ pub enum KeyKind {
     Upn,
     /// The file stem is a Graph object id.
     Id,
+    /// The file stem is the user's primary e-mail address, looked up in Graph.
+    Mail,
+    /// The file stem is the user's employeeId (HR number), looked up in Graph.
+    EmployeeId,
+}
+
+impl KeyKind {
+    /// Whether names of this kind must be looked up in Graph before a request can name the user.
+    pub fn needs_lookup(self) -> bool {
+        matches!(self, KeyKind::Mail | KeyKind::EmployeeId)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -373,7 +400,47 @@ pub enum KeyKind {
 pub struct SourceConfig {
     pub root: PathBuf,
     pub target: TargetKind,
+    /// What the file stem is; with `mapping`, what the mapping file's target column holds.
     pub key: KeyKind,
+    /// A CSV file mapping file names (or stems) to targets, for HR exports named by badge number.
+    #[serde(default)]
+    pub mapping: Option<PathBuf>,
+    /// The mapping file's column holding the file name.
+    #[serde(default = "default_column_file")]
+    pub column_file: String,
+    /// The mapping file's column holding the target (what `key` says).
+    #[serde(default = "default_column_target")]
+    pub column_target: String,
+    /// Only paths (relative to `root`, `/`-separated) matching one of these globs are photos.
+    #[serde(default)]
+    pub include: Vec<String>,
+    /// Paths matching one of these globs are skipped.
+    #[serde(default)]
+    pub exclude: Vec<String>,
+}
+
+impl SourceConfig {
+    /// A source with no mapping file and no globs.
+    pub fn new(root: PathBuf, target: TargetKind, key: KeyKind) -> SourceConfig {
+        SourceConfig {
+            root,
+            target,
+            key,
+            mapping: None,
+            column_file: default_column_file(),
+            column_target: default_column_target(),
+            include: Vec::new(),
+            exclude: Vec::new(),
+        }
+    }
+}
+
+fn default_column_file() -> String {
+    "file".into()
+}
+
+fn default_column_target() -> String {
+    "target".into()
 }
 
 impl Config {
@@ -435,6 +502,9 @@ impl Config {
         }
         for s in &mut self.sources {
             abs(&mut s.root);
+            if let Some(m) = s.mapping.as_mut() {
+                abs(m);
+            }
         }
     }
 
@@ -531,6 +601,9 @@ impl Config {
         if sy.poll_interval < Duration::from_millis(100) {
             return err("sync.poll_interval", "must be at least 100ms");
         }
+        if sy.parked_retry < Duration::from_secs(1) {
+            return err("sync.parked_retry", "must be at least 1s");
+        }
         if self.sources.is_empty() {
             return err("source", "at least one [[source]] is needed");
         }
@@ -540,6 +613,26 @@ impl Config {
                     format!("source[{n}].key"),
                     "groups are named by object id: use key = \"id\"".to_owned(),
                 ));
+            }
+            if s.target == TargetKind::Contact && (s.key.needs_lookup() || s.mapping.is_some()) {
+                return Err((
+                    format!("source[{n}].key"),
+                    "contacts are named by their place in the tree: use key = \"id\" and no mapping"
+                        .to_owned(),
+                ));
+            }
+            if s.mapping.is_some() && s.column_file.trim() == s.column_target.trim() {
+                return Err((
+                    format!("source[{n}].column_target"),
+                    "must name a different column than column_file".to_owned(),
+                ));
+            }
+            for (what, globs) in [("include", &s.include), ("exclude", &s.exclude)] {
+                for g in globs {
+                    if let Err(e) = globset::Glob::new(g) {
+                        return Err((format!("source[{n}].{what}"), format!("`{g}`: {e}")));
+                    }
+                }
             }
             for (m, other) in self.sources.iter().enumerate().take(n) {
                 if s.root.starts_with(&other.root) || other.root.starts_with(&s.root) {

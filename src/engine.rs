@@ -28,11 +28,16 @@ use crate::config::{Config, SourceConfig};
 use crate::graph::{ErrorClass, GraphClient, GraphError};
 use crate::image::{Pipeline, Processed, MAX_UPLOAD_BYTES};
 use crate::limiter::{backoff, Limiter};
-use crate::mapping::{map_path, Mapped, Target};
+use crate::mapfile::MapTable;
+use crate::mapping::{map_with, Lookup, Mapped, Rules, Target};
 use crate::plan::{self, Decision, Known, Policy, Quick, Reason};
 use crate::queue::{Keyed, Queue};
+use crate::report::Row;
+use crate::resolve::{self, Outcome, MAX_PER_REQUEST};
 use crate::source::{self, FileEntry, Found};
-use crate::state::{now_ms, ContentHash, FailureClass, FastHash, Ledger, Op, Snapshot, StateError};
+use crate::state::{
+    now_ms, CachedResolution, ContentHash, FailureClass, FastHash, Ledger, Op, Snapshot, StateError,
+};
 use crate::stats::{Failure, Stats};
 
 /// Files larger than this are not photos; they are refused without being read.
@@ -53,6 +58,12 @@ pub enum EngineError {
     Http(#[source] reqwest::Error),
     #[error("a {task} task panicked: {message}")]
     Panicked { task: &'static str, message: String },
+    #[error("cannot write the database {}: {source}; the run stopped, and what was uploaded but not recorded is uploaded again by the next run", path.display())]
+    LedgerWrite {
+        path: PathBuf,
+        #[source]
+        source: StateError,
+    },
 }
 
 /// How one pass plans.
@@ -64,6 +75,22 @@ pub struct PassOptions {
     pub dry_run: bool,
     /// Retry transient failures now, whatever their `next_attempt_at` says.
     pub retry_transient_now: bool,
+    /// Queue at most this many uploads in this pass (newest files first); the rest wait for
+    /// the next run.
+    pub max_uploads: Option<u64>,
+    /// The order files are planned in.
+    pub order: Order,
+}
+
+/// The order a pass plans files in.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Order {
+    /// As the walk finds them: work starts at once, nothing is held.
+    #[default]
+    AsFound,
+    /// Newest modification time first (budgeted runs: what HR changed last goes out first).
+    /// The walk's stat results are collected and sorted before planning starts.
+    NewestFirst,
 }
 
 /// One request to make for a target.
@@ -101,6 +128,8 @@ pub struct PassReport {
     pub deletions_refused: usize,
     /// Deletions queued (or, in a dry run, that would be).
     pub deletions: usize,
+    /// The pass stopped at `max_uploads`; files after that point were not planned.
+    pub budget_reached: bool,
 }
 
 impl Keyed for Job {
@@ -130,6 +159,12 @@ struct Shared {
     /// the size of the files.
     memory: Arc<Semaphore>,
     writer: mpsc::Sender<WriterMsg>,
+    ledger: Option<Ledger>,
+    /// Looked-up users (target key → object id), loaded from the ledger at the first pass.
+    resolutions: Mutex<Option<HashMap<String, CachedResolution>>>,
+    /// Per source: its compiled globs and mapping table, with the mapping file's mtime (the
+    /// table is read again when the file changes).
+    rules: Mutex<Vec<(Option<std::time::SystemTime>, Rules)>>,
 }
 
 /// The running engine. Start it, feed it passes, then [`Engine::shutdown`].
@@ -181,6 +216,9 @@ impl Engine {
             cancel,
             fatal: Mutex::new(None),
             writer: tx,
+            ledger: ledger.clone(),
+            resolutions: Mutex::new(None),
+            rules: Mutex::new(Vec::new()),
         });
         let mut workers = JoinSet::new();
         let mut writer_task = None;
@@ -252,6 +290,8 @@ impl Engine {
             }
             None => Snapshot::default(),
         };
+        self.load_resolutions().await?;
+        let rules = self.refresh_rules();
         let (tx, mut rx) = mpsc::channel::<Found>(1024);
         let mut walkers = JoinSet::new();
         let whole_tree = matches!(scope, Scope::All);
@@ -304,13 +344,25 @@ impl Engine {
             gone: Vec::new(),
             deferred: Vec::new(),
             dry_run_ledger: self.dry_run || self.ledger.is_none() || opts.dry_run,
+            rules,
+            awaiting: Vec::new(),
+            uploads_queued: 0,
         };
+        if opts.order == Order::NewestFirst {
+            rx = planner.newest_first(rx).await;
+        }
         let max_reads = std::thread::available_parallelism().map_or(2, std::num::NonZero::get) * 2;
         let mut reads = FuturesUnordered::new();
         let mut walking = true;
         while walking || !reads.is_empty() {
             if self.shared.cancel.is_cancelled() {
                 break;
+            }
+            if planner.budget_spent() {
+                walking = false;
+                if reads.is_empty() {
+                    break;
+                }
             }
             tokio::select! {
                 Some(done) = reads.next(), if !reads.is_empty() => planner.after_read(done).await,
@@ -330,6 +382,7 @@ impl Engine {
                 },
             }
         }
+        planner.resolve_awaiting(None).await;
         planner.send_deferred().await;
         drop(rx);
         while let Some(r) = walkers.join_next().await {
@@ -342,12 +395,147 @@ impl Engine {
                 }
             }
         }
-        let report = if self.shared.cancel.is_cancelled() {
+        let report = if planner.budget_spent() {
+            // Files after the budget were not looked at: they are not gone.
+            PassReport {
+                budget_reached: true,
+                ..PassReport::default()
+            }
+        } else if self.shared.cancel.is_cancelled() {
             PassReport::default()
         } else {
             planner.deletions().await
         };
         self.take_fatal().map(|()| report)
+    }
+
+    /// Resolves once the engine has stopped: cancelled, or stopped by a fatal error (the
+    /// ledger cannot be written, the credentials were refused) that [`Engine::shutdown`]
+    /// returns. A daemon must not keep watching with an engine that no longer works.
+    pub async fn stopped(&self) {
+        self.shared.cancel.cancelled().await;
+    }
+
+    /// Files whose retry is due now: parked photos (their user may exist by now) and transient
+    /// failures past their `next_attempt_at`. The daemon plans them without waiting for a change.
+    pub async fn due_paths(&self) -> Result<Vec<PathBuf>, EngineError> {
+        match &self.ledger {
+            Some(l) => Ok(l
+                .due_paths(now_ms())
+                .await?
+                .into_iter()
+                .map(PathBuf::from)
+                .collect()),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// The current `mediaEtag` of `target`'s photo (`None`: it has no photo), read through the
+    /// shared limiter and retry policy. `Err(None)` when the run was stopped.
+    pub async fn photo_etag(&self, target: &Target) -> Result<Option<String>, Option<GraphError>> {
+        let path = format!("/v1.0{}", target.photo_path());
+        let what = target.key();
+        match with_retries(&self.shared, &what, || self.shared.graph.get(&path)).await {
+            Sent::Done(reply) => {
+                let meta: crate::graph::PhotoMeta =
+                    serde_json::from_slice(&reply.body).map_err(|_| {
+                        Some(GraphError::Status {
+                            status: reply.status,
+                            code: Some("MalformedResponse".into()),
+                            message: Some("photo metadata was not JSON".into()),
+                            request_id: reply.request_id.clone(),
+                            retry_after: None,
+                        })
+                    })?;
+                // Graph answers "no photo" with a 1x1 placeholder and an empty etag.
+                let etag = meta.etag.filter(|e| !e.is_empty());
+                if meta.id.as_deref() == Some("1x1") || etag.is_none() {
+                    return Ok(None);
+                }
+                Ok(etag)
+            }
+            Sent::Failed(e, _, _) if e.status() == Some(404) => Ok(None),
+            Sent::Failed(e, _, _) => Err(Some(e)),
+            Sent::Stopped => Err(self.take_fatal().err().map(|e| match e {
+                EngineError::Graph(g) => g,
+                other => GraphError::Status {
+                    status: 0,
+                    code: None,
+                    message: Some(other.to_string()),
+                    request_id: None,
+                    retry_after: None,
+                },
+            })),
+        }
+    }
+
+    /// Loads the resolution cache from the ledger, once per engine.
+    async fn load_resolutions(&self) -> Result<(), EngineError> {
+        let loaded = lock(&self.shared.resolutions).is_some();
+        if loaded {
+            return Ok(());
+        }
+        let cache = match &self.shared.ledger {
+            Some(l) => l.resolutions(now_ms()).await?,
+            None => HashMap::new(),
+        };
+        *lock(&self.shared.resolutions) = Some(cache);
+        Ok(())
+    }
+
+    /// Compiles each source's globs and (re)reads its mapping file when it changed. A mapping
+    /// file that cannot be read leaves the previous table in place (or none), with an error
+    /// for every file it would have named; bad rows are reported and the rest apply.
+    fn refresh_rules(&self) -> Vec<Rules> {
+        let mut rules = lock(&self.shared.rules);
+        let sources = &self.shared.cfg.sources;
+        if rules.len() != sources.len() {
+            *rules = sources
+                .iter()
+                .map(|s| (None, Rules::new(s, None)))
+                .collect();
+        }
+        for (n, src) in sources.iter().enumerate() {
+            let Some(path) = &src.mapping else { continue };
+            let mtime = std::fs::metadata(path).and_then(|m| m.modified()).ok();
+            if mtime.is_some() && rules[n].0 == mtime {
+                continue;
+            }
+            match MapTable::load(path, &src.column_file, &src.column_target, src.key) {
+                Ok((table, problems)) => {
+                    tracing::info!(mapping = %path.display(), rows = table.len(), bad_rows = problems.len(), "mapping file read");
+                    for p in problems {
+                        tracing::warn!(mapping = %path.display(), line = p.line, problem = %p.message, "mapping row left out");
+                        self.shared.stats.fail(Failure {
+                            path: format!("{}:{}", path.display(), p.line),
+                            target: None,
+                            reason: "mapping_row".into(),
+                            message: p.message,
+                            code: None,
+                            request_id: None,
+                        });
+                    }
+                    rules[n] = (mtime, Rules::new(src, Some(Arc::new(table))));
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "mapping file unusable");
+                    self.shared.stats.fail(Failure {
+                        path: path.display().to_string(),
+                        target: None,
+                        reason: "mapping_file".into(),
+                        message: e.to_string(),
+                        code: None,
+                        request_id: None,
+                    });
+                    if rules[n].0.is_none() {
+                        // Without a table every file would be "not in the mapping": say so once
+                        // per file with an empty table rather than guess targets from names.
+                        rules[n] = (None, Rules::new(src, Some(Arc::new(MapTable::empty(path)))));
+                    }
+                }
+            }
+        }
+        rules.iter().map(|(_, r)| r.clone()).collect()
     }
 
     /// Waits until every queued upload is done (or the run is cancelled).
@@ -394,7 +582,7 @@ impl Engine {
         if dropped > 0 {
             tracing::info!(dropped, "queued uploads left for the next run");
         }
-        let mut result = Ok(());
+        let mut result = self.take_fatal();
         let deadline = tokio::time::sleep(grace);
         tokio::pin!(deadline);
         loop {
@@ -424,7 +612,16 @@ impl Engine {
         if let Some(w) = writer_task {
             match w.await {
                 Ok(Ok(())) => {}
-                Ok(Err(e)) => result = result.and(Err(e.into())),
+                Ok(Err(source)) => {
+                    result = result.and(Err(EngineError::LedgerWrite {
+                        path: self
+                            .ledger
+                            .as_ref()
+                            .map(|l| l.path().to_owned())
+                            .unwrap_or_default(),
+                        source,
+                    }));
+                }
                 Err(e) => {
                     result = result.and(Err(EngineError::Panicked {
                         task: "ledger writer",
@@ -436,6 +633,10 @@ impl Engine {
         // The ledger belongs to the caller (the daemon reuses it for the next engine).
         result
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn panic_message(e: tokio::task::JoinError) -> String {
@@ -474,6 +675,12 @@ struct Planner<'a> {
     /// Ledger writes decided where nothing can be awaited, sent at the next await point.
     deferred: Vec<Op>,
     dry_run_ledger: bool,
+    /// Per source: globs and mapping table.
+    rules: Vec<Rules>,
+    /// Uploads whose user must be looked up first, gathered so one request resolves many.
+    awaiting: Vec<Job>,
+    /// Uploads queued in this pass (for `max_uploads`).
+    uploads_queued: u64,
 }
 
 impl<'a> Planner<'a> {
@@ -490,13 +697,234 @@ impl<'a> Planner<'a> {
         &self.shared.cfg.sources[n]
     }
 
+    fn budget_spent(&self) -> bool {
+        self.opts
+            .max_uploads
+            .is_some_and(|max| self.uploads_queued >= max)
+    }
+
+    /// Budgeted passes plan the newest files first: collects the walk (stat results only, no
+    /// file contents), handles everything but files at once, and returns the files newest first.
+    async fn newest_first(&mut self, mut rx: mpsc::Receiver<Found>) -> mpsc::Receiver<Found> {
+        let mut files = Vec::new();
+        while let Some(found) = rx.recv().await {
+            match found {
+                Found::File(entry) => files.push(entry),
+                Found::Problem { path, message } => {
+                    tracing::warn!(path = %path.display(), %message, "skipped");
+                    self.shared.stats.skip("unfollowed_link");
+                }
+                Found::Gone { source, path } => self.on_gone(source, &path),
+                Found::RootDone { source, files } => self.root_files[source] = Some(files),
+            }
+        }
+        files.sort_by(|a, b| {
+            b.mtime_ns
+                .cmp(&a.mtime_ns)
+                .then_with(|| a.path.cmp(&b.path))
+        });
+        let (tx, rx) = mpsc::channel(1024);
+        tokio::spawn(async move {
+            for entry in files {
+                if tx.send(Found::File(entry)).await.is_err() {
+                    break;
+                }
+            }
+        });
+        rx
+    }
+
+    fn row(&self, path: &str, target: &str, action: &'static str, result: &str, size: u64) {
+        if self.shared.stats.reporting() {
+            self.shared.stats.row(Row {
+                path: path.to_owned(),
+                target: target.to_owned(),
+                action,
+                result: result.to_owned(),
+                bytes_before: Some(size),
+                ..Row::default()
+            });
+        }
+    }
+
+    /// Queues an upload, or holds it until its user is looked up.
+    async fn enqueue(&mut self, mut job: Job) {
+        if let Some(lookup) = job.target.lookup {
+            let cached = lock(&self.shared.resolutions)
+                .as_ref()
+                .and_then(|c| c.get(&job.key).cloned())
+                .filter(|r| r.expires_at > now_ms());
+            if let Some(r) = cached {
+                job.target = Target::user(&r.object_id);
+            } else {
+                self.awaiting.push(job);
+                let same = self
+                    .awaiting
+                    .iter()
+                    .filter(|j| j.target.lookup == Some(lookup))
+                    .count();
+                if same >= MAX_PER_REQUEST {
+                    self.resolve_awaiting(Some(lookup)).await;
+                }
+                return;
+            }
+        }
+        if self.budget_spent() {
+            return;
+        }
+        self.uploads_queued += 1;
+        tokio::select! {
+            _ = self.shared.queue.push(job) => {}
+            () = self.shared.cancel.cancelled() => {}
+        }
+    }
+
+    /// Looks up the users of the uploads held for `lookup` (all kinds when `None`), up to 15
+    /// values per request, and queues those found. No user yet: parked. Several: failed.
+    async fn resolve_awaiting(&mut self, lookup: Option<Lookup>) {
+        let (mine, rest): (Vec<Job>, Vec<Job>) = std::mem::take(&mut self.awaiting)
+            .into_iter()
+            .partition(|j| lookup.is_none() || j.target.lookup == lookup);
+        self.awaiting = rest;
+        let mut by_kind: HashMap<Lookup, Vec<Job>> = HashMap::new();
+        for j in mine {
+            if let Some(l) = j.target.lookup {
+                by_kind.entry(l).or_default().push(j);
+            }
+        }
+        for (kind, jobs) in by_kind {
+            let mut values: Vec<String> = jobs.iter().map(|j| j.target.id.clone()).collect();
+            values.sort();
+            values.dedup();
+            let mut found: HashMap<String, Outcome> = HashMap::new();
+            let mut failed: Option<(GraphError, FailureClass)> = None;
+            for chunk in values.chunks(MAX_PER_REQUEST) {
+                let q = resolve::query(kind, chunk);
+                Stats::add(&self.shared.stats.lookups, 1);
+                let what = format!("{} lookup", kind.property());
+                match with_retries(self.shared, &what, || self.shared.graph.query(&q)).await {
+                    Sent::Done(reply) => match resolve::outcomes(kind, chunk, &reply.body) {
+                        Some(o) => found.extend(o),
+                        None => {
+                            failed = Some((
+                                GraphError::Status {
+                                    status: reply.status,
+                                    code: Some("MalformedResponse".into()),
+                                    message: Some(
+                                        "the user query's answer was not a user list".into(),
+                                    ),
+                                    request_id: reply.request_id,
+                                    retry_after: None,
+                                },
+                                FailureClass::Transient,
+                            ));
+                        }
+                    },
+                    Sent::Failed(e, class, _) => failed = Some((e, class)),
+                    Sent::Stopped => return,
+                }
+            }
+            for job in jobs {
+                let outcome = found.get(&job.target.id).cloned();
+                self.after_lookup(kind, job, outcome, failed.as_ref()).await;
+            }
+        }
+    }
+
+    async fn after_lookup(
+        &mut self,
+        kind: Lookup,
+        mut job: Job,
+        outcome: Option<Outcome>,
+        failed: Option<&(GraphError, FailureClass)>,
+    ) {
+        let value = job.target.id.clone();
+        match outcome {
+            Some(Outcome::Found(r)) => {
+                let now = now_ms();
+                let expires_at = now.saturating_add(
+                    i64::try_from(self.shared.cfg.sync.resolve_ttl.as_millis()).unwrap_or(i64::MAX),
+                );
+                tracing::debug!(target = %job.key, upn = %r.upn, "looked up");
+                if let Some(c) = lock(&self.shared.resolutions).as_mut() {
+                    c.insert(
+                        job.key.clone(),
+                        CachedResolution {
+                            object_id: r.id.clone(),
+                            upn: r.upn.clone(),
+                            expires_at,
+                        },
+                    );
+                }
+                self.send(Op::Resolved {
+                    lookup_key: job.key.clone(),
+                    object_id: r.id.clone(),
+                    upn: r.upn,
+                    now,
+                    expires_at,
+                })
+                .await;
+                job.target = Target::user(&r.id);
+                if self.budget_spent() {
+                    // Over budget: the next run plans it again (from the cache).
+                    return;
+                }
+                self.uploads_queued += 1;
+                tokio::select! {
+                    _ = self.shared.queue.push(job) => {}
+                    () = self.shared.cancel.cancelled() => {}
+                }
+            }
+            Some(o @ Outcome::Ambiguous(_)) => {
+                let message = o.message(kind, &value).unwrap_or_default();
+                tracing::warn!(path = %job.path, target = %job.key, %message, "ambiguous lookup");
+                let f = local_failure("ambiguous_user", message);
+                record_failure(self.shared, &job, FailureClass::Permanent, f, None, 0).await;
+            }
+            Some(Outcome::NoMatch) | None if failed.is_none() => {
+                let message = Outcome::NoMatch.message(kind, &value).unwrap_or_default();
+                self.park(&job, message).await;
+            }
+            _ => {
+                let Some((e, class)) = failed else { return };
+                let f = Failure {
+                    reason: graph_reason(e),
+                    message: format!("cannot look up {} {value}: {e}", kind.property()),
+                    code: e.code().map(ToOwned::to_owned),
+                    request_id: e.request_id().map(ToOwned::to_owned),
+                    ..local_failure("", String::new())
+                };
+                record_failure(self.shared, &job, *class, f, e.status(), 1).await;
+            }
+        }
+    }
+
+    /// No user has the value yet (a new hire whose account is not there): look again every
+    /// `parked_retry`, for `parked_max_age` from the first time, then give up.
+    async fn park(&self, job: &Job, message: String) {
+        park(self.shared, job, "no_such_user", message, None).await;
+    }
+
     /// Step 1: mapping, conflicts, and the stat-only check. Returns a read to run when the
     /// content has to be looked at.
     fn on_file(&mut self, entry: FileEntry) -> Option<tokio::task::JoinHandle<ReadResult>> {
         let stats = &self.shared.stats;
-        let target = match map_path(self.source(entry.source), &entry.rel) {
+        let target = match map_with(
+            self.source(entry.source),
+            &self.rules[entry.source],
+            &entry.rel,
+        ) {
             Mapped::Skipped(why) => {
                 stats.skip(why.as_str());
+                if why == crate::mapping::Skip::Excluded {
+                    self.row(
+                        &entry.path.display().to_string(),
+                        "",
+                        "skip",
+                        "excluded",
+                        entry.size,
+                    );
+                }
                 return None;
             }
             Mapped::Invalid(e) => {
@@ -561,6 +989,7 @@ impl<'a> Planner<'a> {
         match plan::quick(&known, &key, entry.size, entry.mtime_ns, &self.policy()) {
             Quick::Unchanged => {
                 Stats::add(&stats.unchanged, 1);
+                self.row(path, &key, "none", "unchanged", entry.size);
                 None
             }
             Quick::KnownBad => {
@@ -568,7 +997,7 @@ impl<'a> Planner<'a> {
                 None
             }
             Quick::NotDue => {
-                Stats::add(&stats.pending, 1);
+                self.not_due(path, &key, entry.size);
                 None
             }
             Quick::Read => Some(tokio::task::spawn_blocking(move || {
@@ -608,6 +1037,13 @@ impl<'a> Planner<'a> {
         let mine = (entry.mtime_ns, entry.path.clone());
         if rival > mine {
             self.remember_loser(entry, key);
+            self.row(
+                &entry.path.display().to_string(),
+                key,
+                "skip",
+                "conflict",
+                entry.size,
+            );
             tracing::warn!(
                 target = key,
                 path = %entry.path.display(),
@@ -715,7 +1151,21 @@ impl<'a> Planner<'a> {
         let mut refused_roots = HashSet::new();
         if cfg.sync.on_delete == crate::config::OnDelete::Delete {
             for (n, _, _) in &deletes {
-                if self.whole_tree && self.root_files[*n] == Some(0) {
+                if refused_roots.contains(n) {
+                    continue;
+                }
+                let emptied = if self.whole_tree {
+                    self.root_files[*n] == Some(0)
+                } else {
+                    // The watcher reported paths, not the state of the root: files deleted
+                    // one by one (a share wiped, or unmounted under the watch) would otherwise
+                    // pass as ordinary deletions, a few per pass.
+                    let root = cfg.sources[*n].root.clone();
+                    tokio::task::spawn_blocking(move || source::looks_emptied(&root))
+                        .await
+                        .unwrap_or(true)
+                };
+                if emptied {
                     refused_roots.insert(*n);
                 }
             }
@@ -740,6 +1190,17 @@ impl<'a> Planner<'a> {
                 return report;
             }
             report.deletions_refused = deletes.len() - allowed.len();
+        } else if self.whole_tree {
+            // Nothing is deleted in Graph either way, but forgetting the files of an unmounted
+            // share would cost reading and hashing every one of them when it is back.
+            for (n, _) in &gone {
+                if self.root_files[*n] == Some(0) && refused_roots.insert(*n) {
+                    tracing::warn!(
+                        root = %cfg.sources[*n].root.display(),
+                        "source root is empty but the ledger knows photos under it; is the share mounted? keeping their records until it is back"
+                    );
+                }
+            }
         }
         // Forget the files (not those under a root that looked unmounted: they may come back).
         for (n, path) in &gone {
@@ -758,9 +1219,20 @@ impl<'a> Planner<'a> {
             if refused_roots.contains(&n) {
                 continue;
             }
-            let Some(target) = Target::from_key(&key) else {
+            let Some(mut target) = Target::from_key(&key) else {
                 continue;
             };
+            if target.lookup.is_some() {
+                // Named by mail or employee id: delete where the photo went, or not at all.
+                let cached = lock(&self.shared.resolutions)
+                    .as_ref()
+                    .and_then(|c| c.get(&key).map(|r| r.object_id.clone()));
+                let Some(id) = cached else {
+                    tracing::warn!(%path, target = %key, "photo file removed, but its user's id is no longer cached; the photo in Graph is kept");
+                    continue;
+                };
+                target = Target::user(&id);
+            }
             if target.kind == crate::config::TargetKind::Contact {
                 tracing::info!(%path, target = %key, "contact photos cannot be deleted through Graph; left as is");
                 continue;
@@ -807,6 +1279,27 @@ impl<'a> Planner<'a> {
         for op in std::mem::take(&mut self.deferred) {
             self.send(op).await;
         }
+    }
+
+    /// A failure whose retry is not due, or a parked photo whose next lookup is not due.
+    fn not_due(&self, path: &str, key: &str, size: u64) {
+        let parked = self
+            .snapshot
+            .targets
+            .get(key)
+            .is_some_and(|t| t.state == "parked");
+        if parked {
+            Stats::add(&self.shared.stats.parked, 1);
+        } else {
+            Stats::add(&self.shared.stats.pending, 1);
+        }
+        self.row(
+            path,
+            key,
+            "skip",
+            if parked { "parked" } else { "retry_later" },
+            size,
+        );
     }
 
     fn known_bad(&self, path: &str, key: &str) {
@@ -881,9 +1374,12 @@ impl<'a> Planner<'a> {
             &hash,
             &self.policy(),
         ) {
-            Decision::Unchanged => Stats::add(&stats.unchanged, 1),
+            Decision::Unchanged => {
+                Stats::add(&stats.unchanged, 1);
+                self.row(&path, &key, "none", "unchanged", entry.size);
+            }
             Decision::KnownBad => self.known_bad(&path, &key),
-            Decision::NotDue => Stats::add(&stats.pending, 1),
+            Decision::NotDue => self.not_due(&path, &key, entry.size),
             Decision::Upload(reason) if self.opts.dry_run || self.dry_run_ledger => {
                 self.describe(&target, &path, bytes, reason).await;
             }
@@ -903,10 +1399,7 @@ impl<'a> Planner<'a> {
                         _memory: memory,
                     },
                 };
-                tokio::select! {
-                    _ = self.shared.queue.push(job) => {}
-                    () = self.shared.cancel.cancelled() => {}
-                }
+                self.enqueue(job).await;
             }
         }
     }
@@ -930,6 +1423,17 @@ impl<'a> Planner<'a> {
         match self.process(bytes).await {
             Ok(p) => {
                 Stats::add(&stats.pending, 1);
+                if stats.reporting() {
+                    stats.row(Row {
+                        path: path.to_owned(),
+                        target: target.key(),
+                        action: "upload",
+                        result: format!("would_upload ({})", reason.as_str()),
+                        bytes_before: Some(size as u64),
+                        bytes_after: Some(p.bytes.len() as u64),
+                        ..Row::default()
+                    });
+                }
                 println!(
                     "would upload {target} ({}) from {path}: {} {}x{} {} -> {}x{} {}{}{}",
                     reason.as_str(),
@@ -1044,6 +1548,7 @@ async fn handle(shared: &Arc<Shared>, job: Job) {
 }
 
 async fn upload(shared: &Arc<Shared>, job: &Job, hash: &str, bytes: Bytes, reason: Reason) {
+    let bytes_before = bytes.len() as u64;
     let processed = match run_pipeline(shared, bytes).await {
         Ok(p) => p,
         Err(f) => {
@@ -1054,7 +1559,7 @@ async fn upload(shared: &Arc<Shared>, job: &Job, hash: &str, bytes: Bytes, reaso
     };
     let method = shared.cfg.upload.method.as_reqwest();
     let started = std::time::Instant::now();
-    let outcome = with_retries(shared, job, || {
+    let outcome = with_retries(shared, &job.path, || {
         shared.graph.upload_photo(
             method.clone(),
             &job.target,
@@ -1064,7 +1569,7 @@ async fn upload(shared: &Arc<Shared>, job: &Job, hash: &str, bytes: Bytes, reaso
     })
     .await;
     match outcome {
-        Outcome::Done(reply) => {
+        Sent::Done(reply) => {
             let stats = &shared.stats;
             Stats::add(&stats.uploaded, 1);
             Stats::add(&stats.bytes_uploaded, processed.bytes.len() as u64);
@@ -1077,6 +1582,18 @@ async fn upload(shared: &Arc<Shared>, job: &Job, hash: &str, bytes: Bytes, reaso
                 ms = started.elapsed().as_millis() as u64,
                 "uploaded"
             );
+            if stats.reporting() {
+                stats.row(Row {
+                    path: job.path.clone(),
+                    target: job.key.clone(),
+                    action: "upload",
+                    result: format!("uploaded ({})", reason.as_str()),
+                    bytes_before: Some(bytes_before),
+                    bytes_after: Some(processed.bytes.len() as u64),
+                    error: None,
+                    request_id: reply.request_id.clone(),
+                });
+            }
             send(
                 shared,
                 Op::Uploaded {
@@ -1094,18 +1611,53 @@ async fn upload(shared: &Arc<Shared>, job: &Job, hash: &str, bytes: Bytes, reaso
                 },
             )
             .await;
+            if shared.cfg.upload.record_etag
+                && job.target.kind != crate::config::TargetKind::Contact
+            {
+                record_etag(shared, job).await;
+            }
         }
-        Outcome::Failed(e, class, attempts) => fail_graph(shared, job, &e, class, attempts).await,
-        Outcome::Stopped => {}
+        Sent::Failed(e, FailureClass::Permanent, _) if user_not_there_yet(&job.target, &e) => {
+            let message = format!("Graph does not know user {} (yet): {e}", job.target.id);
+            park(shared, job, "not_found", message, Some(&e)).await;
+        }
+        Sent::Failed(e, class, attempts) => fail_graph(shared, job, &e, class, attempts).await,
+        Sent::Stopped => {}
     }
 }
 
+/// Reads the photo's metadata back after an upload and records its `mediaEtag`, the baseline
+/// `verify` compares with. A failure here costs only that baseline: the upload stands.
+async fn record_etag(shared: &Arc<Shared>, job: &Job) {
+    let path = format!("/v1.0{}", job.target.photo_path());
+    let etag = match with_retries(shared, &job.path, || shared.graph.get(&path)).await {
+        Sent::Done(reply) => serde_json::from_slice::<crate::graph::PhotoMeta>(&reply.body)
+            .ok()
+            .and_then(|m| m.etag),
+        Sent::Failed(e, _, _) => {
+            tracing::warn!(path = %job.path, error = %e, "uploaded, but its metadata could not be read back; verify cannot check this photo until it is uploaded again");
+            None
+        }
+        Sent::Stopped => return,
+    };
+    let graph_id = job.key.starts_with("user(").then(|| job.target.id.clone());
+    send(
+        shared,
+        Op::Etag {
+            target_key: job.key.clone(),
+            graph_id,
+            media_etag: etag,
+        },
+    )
+    .await;
+}
+
 async fn delete(shared: &Arc<Shared>, job: &Job) {
-    let outcome = with_retries(shared, job, || shared.graph.delete_photo(&job.target)).await;
+    let outcome = with_retries(shared, &job.path, || shared.graph.delete_photo(&job.target)).await;
     let (status, request_id) = match outcome {
-        Outcome::Done(reply) => (reply.status, reply.request_id),
+        Sent::Done(reply) => (reply.status, reply.request_id),
         // Nothing to delete is what we wanted.
-        Outcome::Failed(
+        Sent::Failed(
             GraphError::Status {
                 status: 404,
                 request_id,
@@ -1114,13 +1666,21 @@ async fn delete(shared: &Arc<Shared>, job: &Job) {
             _,
             _,
         ) => (404, request_id),
-        Outcome::Failed(e, class, attempts) => {
+        Sent::Failed(e, class, attempts) => {
             fail_graph(shared, job, &e, class, attempts).await;
             return;
         }
-        Outcome::Stopped => return,
+        Sent::Stopped => return,
     };
     Stats::add(&shared.stats.deleted, 1);
+    shared.stats.row(Row {
+        path: job.path.clone(),
+        target: job.key.clone(),
+        action: "delete",
+        result: "deleted".into(),
+        request_id: request_id.clone(),
+        ..Row::default()
+    });
     tracing::info!(path = %job.path, request_id = request_id.as_deref().unwrap_or(""), "photo deleted");
     send(
         shared,
@@ -1136,7 +1696,7 @@ async fn delete(shared: &Arc<Shared>, job: &Job) {
     .await;
 }
 
-enum Outcome {
+enum Sent {
     Done(crate::graph::Reply),
     Failed(GraphError, FailureClass, u32),
     /// Cancelled, or a fatal error stopped the run.
@@ -1146,7 +1706,7 @@ enum Outcome {
 /// Sends a request until it succeeds or its error class says to stop: throttling closes the
 /// shared gate and retries (up to a generous cap), transient errors back off up to
 /// `max_attempts`, permanent ones return at once, a fatal one stops the run.
-async fn with_retries<F, Fut>(shared: &Arc<Shared>, job: &Job, mut send: F) -> Outcome
+async fn with_retries<F, Fut>(shared: &Arc<Shared>, what: &str, mut send: F) -> Sent
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<crate::graph::Reply, GraphError>>,
@@ -1156,14 +1716,14 @@ where
     loop {
         tokio::select! {
             biased;
-            () = shared.cancel.cancelled() => return Outcome::Stopped,
+            () = shared.cancel.cancelled() => return Sent::Stopped,
             () = shared.limiter.acquire() => {}
         }
         attempts += 1;
         let e = match send().await {
             Ok(reply) => {
                 shared.limiter.succeeded();
-                return Outcome::Done(reply);
+                return Sent::Done(reply);
             }
             Err(e) => e,
         };
@@ -1182,7 +1742,7 @@ where
                 }
                 drop(fatal);
                 shared.cancel.cancel();
-                return Outcome::Stopped;
+                return Sent::Stopped;
             }
             ErrorClass::Throttled(retry_after) => {
                 throttled += 1;
@@ -1197,13 +1757,13 @@ where
                     "throttled; every worker pauses"
                 );
                 if throttled >= MAX_THROTTLED_PER_ITEM {
-                    return Outcome::Failed(e, FailureClass::Transient, attempts);
+                    return Sent::Failed(e, FailureClass::Transient, attempts);
                 }
             }
             ErrorClass::Transient => {
                 if attempts >= shared.cfg.upload.max_attempts {
-                    tracing::warn!(path = %job.path, attempts, error = %e, "giving up for now");
-                    return Outcome::Failed(e, FailureClass::Transient, attempts);
+                    tracing::warn!(what, attempts, error = %e, "giving up for now");
+                    return Sent::Failed(e, FailureClass::Transient, attempts);
                 }
                 Stats::add(&shared.stats.retries, 1);
                 let wait = backoff(
@@ -1213,15 +1773,84 @@ where
                 );
                 tracing::info!(attempt = attempts, retry_in_ms = wait.as_millis() as u64, error = %e, "retrying");
                 tokio::select! {
-                    () = shared.cancel.cancelled() => return Outcome::Stopped,
+                    () = shared.cancel.cancelled() => return Sent::Stopped,
                     () = tokio::time::sleep(wait) => {}
                 }
             }
             ErrorClass::Permanent => {
-                tracing::warn!(path = %job.path, error = %e, "request refused");
-                return Outcome::Failed(e, FailureClass::Permanent, attempts);
+                tracing::warn!(what, error = %e, "request refused");
+                return Sent::Failed(e, FailureClass::Permanent, attempts);
             }
         }
+    }
+}
+
+/// No user has the value yet (a new hire whose account is not there), or Graph does not know
+/// the user yet: look again every `parked_retry`, for `parked_max_age` from the first time, then
+/// give up with a permanent failure.
+async fn park(
+    shared: &Arc<Shared>,
+    job: &Job,
+    reason: &str,
+    message: String,
+    e: Option<&GraphError>,
+) {
+    let sync = &shared.cfg.sync;
+    let now = now_ms();
+    let since = match &shared.ledger {
+        Some(l) => l.parked_since(&job.key).await.ok().flatten(),
+        None => None,
+    }
+    .unwrap_or(now);
+    let max_age = i64::try_from(sync.parked_max_age.as_millis()).unwrap_or(i64::MAX);
+    let gave_up = now.saturating_sub(since) > max_age;
+    let message = if gave_up {
+        format!(
+            "{message} (looked for since {}; parked_max_age {} is over)",
+            humantime::format_rfc3339_seconds(
+                std::time::UNIX_EPOCH + Duration::from_millis(since as u64)
+            ),
+            humantime::format_duration(sync.parked_max_age)
+        )
+    } else {
+        message
+    };
+    let f = Failure {
+        code: e.and_then(GraphError::code).map(ToOwned::to_owned),
+        request_id: e.and_then(GraphError::request_id).map(ToOwned::to_owned),
+        ..local_failure(reason, message)
+    };
+    let status = e.and_then(GraphError::status);
+    if gave_up {
+        tracing::warn!(path = %job.path, target = %job.key, message = %f.message, "giving up on parked photo");
+        record_failure(shared, job, FailureClass::Permanent, f, status, 0).await;
+    } else {
+        tracing::info!(path = %job.path, target = %job.key, message = %f.message, retry_in = %humantime::format_duration(sync.parked_retry), "parked until the user exists");
+        record_failure(shared, job, FailureClass::Parked, f, status, 0).await;
+    }
+}
+
+/// A 404 for a user (not a mailbox error): the account may be minutes old (Graph and Exchange
+/// take a while to know a new user), or be created later by HR's provisioning. Parked, like a
+/// lookup that found no one, rather than failed for good.
+fn user_not_there_yet(target: &Target, e: &GraphError) -> bool {
+    target.kind == crate::config::TargetKind::User
+        && e.status() == Some(404)
+        && !matches!(
+            e.code(),
+            Some("ErrorNonExistentMailbox" | "MailboxNotHostedInExchangeOnline")
+        )
+}
+
+/// A failure decided here rather than answered by Graph.
+fn local_failure(reason: &str, message: String) -> Failure {
+    Failure {
+        path: String::new(),
+        target: None,
+        reason: reason.to_owned(),
+        message,
+        code: None,
+        request_id: None,
     }
 }
 
@@ -1264,11 +1893,13 @@ async fn record_failure(
     attempts: u32,
 ) {
     let now = now_ms();
-    let next_attempt_at = (class == FailureClass::Transient).then(|| {
-        now.saturating_add(
-            i64::try_from(shared.cfg.sync.retry_failed_after.as_millis()).unwrap_or(i64::MAX),
-        )
-    });
+    let after = match class {
+        FailureClass::Transient => Some(shared.cfg.sync.retry_failed_after),
+        FailureClass::Parked => Some(shared.cfg.sync.parked_retry),
+        FailureClass::Permanent | FailureClass::Local => None,
+    };
+    let next_attempt_at =
+        after.map(|d| now.saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)));
     let (content_hash, action) = match &job.action {
         Action::Upload { hash, .. } => (Some(hash.clone()), "upload"),
         Action::Delete => (None, "delete"),
@@ -1299,7 +1930,19 @@ async fn record_failure(
         },
     )
     .await;
-    shared.stats.fail(f);
+    if class == FailureClass::Parked {
+        Stats::add(&shared.stats.parked, 1);
+        shared.stats.row(Row {
+            path: f.path,
+            target: f.target.unwrap_or_default(),
+            action: "skip",
+            result: "parked".into(),
+            error: Some(f.message),
+            ..Row::default()
+        });
+    } else {
+        shared.stats.fail_as(f, action);
+    }
 }
 
 async fn send(shared: &Arc<Shared>, op: Op) {

@@ -236,12 +236,35 @@ impl GraphClient {
             .await
     }
 
+    /// A directory query (`/v1.0/users?$filter=…`) sent the way advanced queries need it
+    /// (`ConsistencyLevel: eventual`, for `$count=true`).
+    pub async fn query(&self, path_and_query: &str) -> Result<Reply, GraphError> {
+        let host = self.base.trim_end_matches("/v1.0");
+        self.send_with(
+            Method::GET,
+            &format!("{host}{path_and_query}"),
+            None,
+            Some(("ConsistencyLevel", "eventual")),
+        )
+        .await
+    }
+
     /// Sends once; on 401 fetches a new token and sends once more.
     async fn send(
         &self,
         method: Method,
         url: &str,
         body: Option<(Bytes, &'static str)>,
+    ) -> Result<Reply, GraphError> {
+        self.send_with(method, url, body, None).await
+    }
+
+    async fn send_with(
+        &self,
+        method: Method,
+        url: &str,
+        body: Option<(Bytes, &'static str)>,
+        header: Option<(&'static str, &'static str)>,
     ) -> Result<Reply, GraphError> {
         let mut refreshed = false;
         loop {
@@ -255,6 +278,9 @@ impl GraphClient {
                 .header("return-client-request-id", "true");
             if let Some((bytes, ct)) = &body {
                 req = req.header(CONTENT_TYPE, *ct).body(bytes.clone());
+            }
+            if let Some((name, value)) = header {
+                req = req.header(name, value);
             }
             let resp = match req.send().await {
                 Ok(r) => r,

@@ -12,7 +12,10 @@ use std::path::{Component, Path};
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use unicode_normalization::UnicodeNormalization;
 
+use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
+
 use crate::config::{KeyKind, SourceConfig, TargetKind};
+pub use crate::mapfile::MapTable;
 
 /// Extensions treated as photos; the content's magic bytes still decide the format.
 const PHOTO_EXTENSIONS: &[&str] = &[
@@ -50,6 +53,8 @@ pub enum Skip {
     Hidden,
     Temporary,
     NotAPhoto,
+    /// Left out by the source's `include`/`exclude` globs.
+    Excluded,
 }
 
 impl Skip {
@@ -58,6 +63,7 @@ impl Skip {
             Skip::Hidden => "hidden",
             Skip::Temporary => "temporary",
             Skip::NotAPhoto => "not_a_photo",
+            Skip::Excluded => "excluded",
         }
     }
 }
@@ -77,6 +83,10 @@ pub enum MappingError {
     NotAnId { name: String },
     #[error("`{name}` contains control characters")]
     ControlCharacters { name: String },
+    #[error("`{name}` is not an e-mail address")]
+    NotAMail { name: String },
+    #[error("`{name}` has no row in the mapping file {file}")]
+    NotInMapping { name: String, file: String },
     #[error("contact photos must be at <root>/<owner>/<contact id>.jpg or <root>/<owner>/<folder id>/<contact id>.jpg; this file is {depth} level(s) deep")]
     ContactLayout { depth: usize },
 }
@@ -85,12 +95,48 @@ pub enum MappingError {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Target {
     pub kind: TargetKind,
-    /// The user (by UPN or id) or group id; for contacts the contact id.
+    /// The user (by UPN or id) or group id; for contacts the contact id. With `lookup`, the
+    /// value to look up (a mail address or an employeeId).
     pub id: String,
     /// For contacts: the mailbox that owns them (UPN or id).
     pub owner: Option<String>,
     /// For contacts in a folder: the contact folder id.
     pub folder: Option<String>,
+    /// Set when `id` is not something Graph accepts in a path and must be looked up first.
+    pub lookup: Option<Lookup>,
+}
+
+/// A user property that names a user but cannot address one in a request path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Lookup {
+    Mail,
+    EmployeeId,
+}
+
+impl Lookup {
+    /// The property's name in Graph (for `$filter` and in target keys).
+    pub fn property(self) -> &'static str {
+        match self {
+            Lookup::Mail => "mail",
+            Lookup::EmployeeId => "employeeId",
+        }
+    }
+
+    pub fn from_property(p: &str) -> Option<Lookup> {
+        match p {
+            "mail" => Some(Lookup::Mail),
+            "employeeId" => Some(Lookup::EmployeeId),
+            _ => None,
+        }
+    }
+
+    pub fn from_key_kind(k: KeyKind) -> Option<Lookup> {
+        match k {
+            KeyKind::Mail => Some(Lookup::Mail),
+            KeyKind::EmployeeId => Some(Lookup::EmployeeId),
+            KeyKind::Upn | KeyKind::Id => None,
+        }
+    }
 }
 
 impl Target {
@@ -100,13 +146,17 @@ impl Target {
             id: id.to_owned(),
             owner: None,
             folder: None,
+            lookup: None,
         }
     }
 
-    /// The stable key the ledger and the queue know this target by, e.g. `user:alice@contoso.com`
-    /// or `contact:bob@contoso.com/AAMk…`.
+    /// The stable key the ledger and the queue know this target by, e.g. `user:alice@contoso.com`,
+    /// `user(employeeId):004711` or `contact:bob@contoso.com/AAMk…`.
     pub fn key(&self) -> String {
-        let mut k = format!("{}:", self.kind.as_str());
+        let mut k = match self.lookup {
+            Some(l) => format!("{}({}):", self.kind.as_str(), l.property()),
+            None => format!("{}:", self.kind.as_str()),
+        };
         if let Some(o) = &self.owner {
             k.push_str(o);
             k.push('/');
@@ -122,6 +172,13 @@ impl Target {
     /// Parses what [`Target::key`] produced.
     pub fn from_key(key: &str) -> Option<Target> {
         let (kind, rest) = key.split_once(':')?;
+        if let Some(prop) = kind.strip_prefix("user(").and_then(|k| k.strip_suffix(')')) {
+            let lookup = Lookup::from_property(prop)?;
+            return (!rest.is_empty()).then(|| Target {
+                lookup: Some(lookup),
+                ..Target::user(rest)
+            });
+        }
         let kind = match kind {
             "user" => TargetKind::User,
             "group" => TargetKind::Group,
@@ -134,6 +191,7 @@ impl Target {
                 id: rest.to_owned(),
                 owner: None,
                 folder: None,
+                lookup: None,
             });
         }
         let parts: Vec<&str> = rest.split('/').collect();
@@ -143,20 +201,24 @@ impl Target {
                 id: (*id).to_owned(),
                 owner: Some((*o).to_owned()),
                 folder: None,
+                lookup: None,
             }),
             [o, f, id] => Some(Target {
                 kind,
                 id: (*id).to_owned(),
                 owner: Some((*o).to_owned()),
                 folder: Some((*f).to_owned()),
+                lookup: None,
             }),
             _ => None,
         }
     }
 
     /// The path of this target's photo resource below `{graph_url}/v1.0`, e.g.
-    /// `/users/alice@contoso.com/photo`. Append `/$value` for the bytes.
+    /// `/users/alice@contoso.com/photo`. Append `/$value` for the bytes. A target with a
+    /// `lookup` must be resolved first (see `resolve`).
     pub fn photo_path(&self) -> String {
+        debug_assert!(self.lookup.is_none(), "photo_path of an unresolved {self}");
         match self.kind {
             TargetKind::User => format!("{}/photo", user_segment(&self.id)),
             TargetKind::Group => format!("/groups/{}/photo", encode(&self.id)),
@@ -204,8 +266,50 @@ pub enum Mapped {
     Invalid(MappingError),
 }
 
+/// What a source adds to the file-name rules: its globs and its mapping file, compiled once.
+#[derive(Debug, Default, Clone)]
+pub struct Rules {
+    include: Option<GlobSet>,
+    exclude: Option<GlobSet>,
+    table: Option<std::sync::Arc<MapTable>>,
+}
+
+impl Rules {
+    /// Compiles the source's globs (validated with the config) and takes its mapping table.
+    pub fn new(source: &SourceConfig, table: Option<std::sync::Arc<MapTable>>) -> Rules {
+        let build = |globs: &[String]| -> Option<GlobSet> {
+            if globs.is_empty() {
+                return None;
+            }
+            let mut b = GlobSetBuilder::new();
+            for g in globs {
+                // Validated when the config was loaded.
+                if let Ok(g) = GlobBuilder::new(g).literal_separator(true).build() {
+                    b.add(g);
+                }
+            }
+            b.build().ok()
+        };
+        Rules {
+            include: build(&source.include),
+            exclude: build(&source.exclude),
+            table,
+        }
+    }
+
+    fn excludes(&self, rel: &str) -> bool {
+        self.include.as_ref().is_some_and(|g| !g.is_match(rel))
+            || self.exclude.as_ref().is_some_and(|g| g.is_match(rel))
+    }
+}
+
 /// Decides what `rel` (a path relative to the source root) is for `source`.
 pub fn map_path(source: &SourceConfig, rel: &Path) -> Mapped {
+    map_with(source, &Rules::default(), rel)
+}
+
+/// [`map_path`] with the source's globs and mapping file.
+pub fn map_with(source: &SourceConfig, rules: &Rules, rel: &Path) -> Mapped {
     let mut parts = Vec::new();
     for c in rel.components() {
         match c {
@@ -226,17 +330,34 @@ pub fn map_path(source: &SourceConfig, rel: &Path) -> Mapped {
     if let Some(skip) = classify_name(file) {
         return Mapped::Skipped(skip);
     }
+    if (rules.include.is_some() || rules.exclude.is_some()) && rules.excludes(&parts.join("/")) {
+        return Mapped::Skipped(Skip::Excluded);
+    }
     let stem = stem_of(file);
     match source.target {
-        TargetKind::User | TargetKind::Group => match normalise_key(stem, source.key) {
-            Ok(id) => Mapped::Photo(Target {
-                kind: source.target,
-                id,
-                owner: None,
-                folder: None,
-            }),
-            Err(e) => Mapped::Invalid(e),
-        },
+        TargetKind::User | TargetKind::Group => {
+            let id = match &rules.table {
+                // Values in the table were normalised for `key` when it was loaded.
+                Some(t) => match t.get(file) {
+                    Some(v) => Ok(v.to_owned()),
+                    None => Err(MappingError::NotInMapping {
+                        name: stem.to_owned(),
+                        file: t.file_name(),
+                    }),
+                },
+                None => normalise_key(stem, source.key),
+            };
+            match id {
+                Ok(id) => Mapped::Photo(Target {
+                    kind: source.target,
+                    id,
+                    owner: None,
+                    folder: None,
+                    lookup: Lookup::from_key_kind(source.key),
+                }),
+                Err(e) => Mapped::Invalid(e),
+            }
+        }
         TargetKind::Contact => {
             let (owner, folder) = match dirs {
                 [owner] => (*owner, None),
@@ -270,6 +391,7 @@ pub fn map_path(source: &SourceConfig, rel: &Path) -> Mapped {
                 id,
                 owner: Some(owner),
                 folder,
+                lookup: None,
             })
         }
     }
@@ -328,6 +450,18 @@ pub fn normalise_key(stem: &str, key: KeyKind) -> Result<String, MappingError> {
                 Err(MappingError::NotAnId { name: s })
             }
         }
+        KeyKind::Mail => {
+            let ok = s
+                .rsplit_once('@')
+                .is_some_and(|(l, d)| !l.is_empty() && d.contains('.') && !d.ends_with('.'));
+            if ok && !s.contains(char::is_whitespace) {
+                Ok(s.to_lowercase())
+            } else {
+                Err(MappingError::NotAMail { name: s })
+            }
+        }
+        // HR numbers keep their leading zeros and case: Graph compares them as given.
+        KeyKind::EmployeeId => Ok(s),
     }
 }
 
@@ -346,11 +480,7 @@ mod tests {
     use std::path::PathBuf;
 
     fn src(target: TargetKind, key: KeyKind) -> SourceConfig {
-        SourceConfig {
-            root: PathBuf::from("/r"),
-            target,
-            key,
-        }
+        SourceConfig::new(PathBuf::from("/r"), target, key)
     }
 
     fn photo(s: &SourceConfig, rel: &str) -> Target {

@@ -124,6 +124,13 @@ pub fn after_hash(target: Option<&TargetRow>, hash: &ContentHash, policy: &Polic
             _ => return Decision::Upload(Reason::Retry),
         }
     }
+    if t.state == "parked" && t.failed_hash.as_ref() == Some(hash) {
+        // The user did not exist at the last lookup: look again when due (a backfill: now).
+        if !policy.retry_transient_now && t.next_attempt_at.is_some_and(|at| at > policy.now_ms) {
+            return Decision::NotDue;
+        }
+        return Decision::Upload(Reason::Retry);
+    }
     if t.state == "pending" {
         // An operator cleared a failure with `photosync retry`.
         return Decision::Upload(Reason::Retry);

@@ -72,6 +72,23 @@ pub fn check_root(root: &Path) -> Result<PathBuf, SourceError> {
     Ok(canonical)
 }
 
+/// Whether `root` cannot be read or holds no regular file at all (hidden folders aside, as in
+/// a walk): what an unmounted share or a wiped tree looks like. Stops at the first file.
+pub fn looks_emptied(root: &Path) -> bool {
+    if check_root(root).is_err() {
+        return true;
+    }
+    let mut entries = walkdir::WalkDir::new(root)
+        .follow_links(true)
+        .into_iter()
+        .filter_entry(|e| {
+            e.depth() == 0
+                || !e.file_type().is_dir()
+                || !e.file_name().as_encoded_bytes().starts_with(b".")
+        });
+    !entries.any(|e| e.is_ok_and(|e| e.file_type().is_file()))
+}
+
 /// Stats one path as the walker would; `None` when it is not a regular file (or is gone).
 pub fn stat_file(source: usize, root: &Path, path: &Path) -> Option<FileEntry> {
     let meta = std::fs::metadata(path).ok()?;

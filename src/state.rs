@@ -33,6 +33,13 @@ pub enum StateError {
         #[source]
         source: sqlx::Error,
     },
+    #[error("cannot open the database {path}: its folder {dir} is not writable ({source}); the ledger and its -wal and -shm files need a writable folder")]
+    FolderNotWritable {
+        path: PathBuf,
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot migrate the database {path}: {source}")]
     Migrate {
         path: PathBuf,
@@ -193,6 +200,8 @@ pub enum FailureClass {
     Permanent,
     /// Refused before sending (not an image, too large, bad name).
     Local,
+    /// The user it names does not exist yet; looked up again on the parked schedule.
+    Parked,
 }
 
 impl FailureClass {
@@ -201,6 +210,7 @@ impl FailureClass {
             FailureClass::Transient => "transient",
             FailureClass::Permanent => "permanent",
             FailureClass::Local => "local",
+            FailureClass::Parked => "parked",
         }
     }
 }
@@ -234,6 +244,22 @@ pub enum Op {
     },
     /// A photo file is gone from the tree: the ledger forgets it.
     ForgetFile { path: String },
+    /// A lookup key resolved to a user.
+    Resolved {
+        lookup_key: String,
+        object_id: String,
+        upn: String,
+        now: i64,
+        expires_at: i64,
+    },
+    /// The photo's metadata read back after an upload: what `verify` compares against later.
+    Etag {
+        target_key: String,
+        graph_id: Option<String>,
+        media_etag: Option<String>,
+    },
+    /// `verify` found the photo changed or removed behind photosync's back: upload it again.
+    Drifted { target_key: String, now: i64 },
     /// Graph answered 2xx (or 404: nothing to delete) to a photo DELETE.
     Deleted {
         target_key: String,
@@ -288,9 +314,17 @@ impl Ledger {
             .max_connections(2)
             .connect_with(opts)
             .await
-            .map_err(|source| StateError::Open {
-                path: path.to_owned(),
-                source,
+            .map_err(|source| match folder_not_writable(path) {
+                // SQLite only says "unable to open database file".
+                Some((dir, source)) => StateError::FolderNotWritable {
+                    path: path.to_owned(),
+                    dir,
+                    source,
+                },
+                None => StateError::Open {
+                    path: path.to_owned(),
+                    source,
+                },
             })?;
         sqlx::migrate!()
             .run(&pool)
@@ -532,8 +566,8 @@ impl Ledger {
                         "INSERT INTO targets (target_key, kind, state, path, attempts, next_attempt_at,
                            failed_hash, failed_fingerprint, error_class, error_reason, error_status,
                            error_code, error_message, error_request_id, error_at, updated_at)
-                         VALUES (?1, ?2, 'failed', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?14)
-                         ON CONFLICT (target_key) DO UPDATE SET state = 'failed', path = ?3,
+                         VALUES (?1, ?2, ?15, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?14)
+                         ON CONFLICT (target_key) DO UPDATE SET state = ?15, path = ?3,
                            attempts = ?4, next_attempt_at = ?5, failed_hash = ?6,
                            failed_fingerprint = ?7, error_class = ?8, error_reason = ?9,
                            error_status = ?10, error_code = ?11, error_message = ?12,
@@ -552,6 +586,20 @@ impl Ledger {
                     .bind(code)
                     .bind(message)
                     .bind(request_id)
+                    .bind(now)
+                    .bind(if *class == FailureClass::Parked {
+                        "parked"
+                    } else {
+                        "failed"
+                    })
+                    .execute(&mut *tx)
+                    .await?;
+                    // parked_max_age counts from the first time a photo was parked.
+                    sqlx::query(
+                        "UPDATE targets SET parked_since = CASE WHEN state = 'parked'
+                           THEN COALESCE(parked_since, ?2) END WHERE target_key = ?1",
+                    )
+                    .bind(target_key)
                     .bind(now)
                     .execute(&mut *tx)
                     .await?;
@@ -574,6 +622,52 @@ impl Ledger {
                     .execute(&mut *tx)
                     .await?;
                 }
+                Op::Resolved {
+                    lookup_key,
+                    object_id,
+                    upn,
+                    now,
+                    expires_at,
+                } => {
+                    sqlx::query(
+                        "INSERT INTO resolutions (lookup_key, object_id, upn, resolved_at, expires_at)
+                         VALUES (?1, ?2, ?3, ?4, ?5)
+                         ON CONFLICT (lookup_key) DO UPDATE SET object_id = ?2, upn = ?3,
+                           resolved_at = ?4, expires_at = ?5",
+                    )
+                    .bind(lookup_key)
+                    .bind(object_id)
+                    .bind(upn)
+                    .bind(now)
+                    .bind(expires_at)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                Op::Etag {
+                    target_key,
+                    graph_id,
+                    media_etag,
+                } => {
+                    sqlx::query(
+                        "UPDATE targets SET media_etag = ?2, graph_id = COALESCE(?3, graph_id)
+                         WHERE target_key = ?1 AND state = 'synced'",
+                    )
+                    .bind(target_key)
+                    .bind(media_etag)
+                    .bind(graph_id)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                Op::Drifted { target_key, now } => {
+                    sqlx::query(
+                        "UPDATE targets SET state = 'pending', updated_at = ?2
+                         WHERE target_key = ?1 AND state = 'synced'",
+                    )
+                    .bind(target_key)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                }
             }
         }
         bulk.write(&mut tx).await?;
@@ -590,14 +684,18 @@ impl Ledger {
     }
 }
 
-/// Files seen and uploads done, the bulk of every batch, gathered to be written with one
-/// statement per table (rows passed as one JSON array): each statement is a round trip to sqlx's
-/// SQLite thread, which cost more than the row itself. The two kinds touch different tables, so
-/// they commute; every other op writes what was gathered before it, keeping the batch's order.
+/// Files seen, uploads done and their read-back etags, the bulk of every batch, gathered to be
+/// written with one statement per table (rows passed as one JSON array): each statement is a
+/// round trip to sqlx's SQLite thread, which cost more than the row itself. Files and uploads
+/// touch different tables, so they commute; every other op writes what was gathered before it,
+/// keeping the batch's order.
 #[derive(Default)]
 struct Bulk<'a> {
     files: Vec<FileRowJson<'a>>,
     uploads: Vec<UploadRow<'a>>,
+    /// target_key, media_etag, graph_id: written after the uploads (the read-back follows its
+    /// upload), which they commute with otherwise (an upload leaves both columns alone).
+    etags: Vec<(&'a str, Option<&'a str>, Option<&'a str>)>,
 }
 
 /// path, source, size, mtime_ns, content_hash, target_key, now
@@ -673,6 +771,13 @@ impl<'a> Bulk<'a> {
                 *http_status,
                 client_request_id.as_deref(),
             )),
+            Op::Etag {
+                target_key,
+                graph_id,
+                media_etag,
+            } => self
+                .etags
+                .push((target_key, media_etag.as_deref(), graph_id.as_deref())),
             _ => return false,
         }
         true
@@ -708,7 +813,8 @@ impl<'a> Bulk<'a> {
                    last_hash = excluded.last_hash, last_fingerprint = excluded.last_fingerprint,
                    last_uploaded_at = excluded.last_uploaded_at,
                    last_request_id = excluded.last_request_id, attempts = 0,
-                   next_attempt_at = NULL, failed_hash = NULL, failed_fingerprint = NULL,
+                   next_attempt_at = NULL, parked_since = NULL, failed_hash = NULL,
+                   failed_fingerprint = NULL,
                    error_class = NULL, error_reason = NULL, error_status = NULL,
                    error_code = NULL, error_message = NULL, error_request_id = NULL,
                    error_at = NULL, updated_at = excluded.updated_at",
@@ -727,6 +833,30 @@ impl<'a> Bulk<'a> {
             .execute(&mut *tx)
             .await?;
             self.uploads.clear();
+        }
+        if !self.etags.is_empty() {
+            // One row per target, as the ops one after the other would leave it (UPDATE FROM
+            // would pick any one of several).
+            let mut last: HashMap<&str, usize> = HashMap::new();
+            let mut rows: Vec<(&str, Option<&str>, Option<&str>)> = Vec::new();
+            for &(key, etag, graph_id) in &self.etags {
+                if let Some(&i) = last.get(key) {
+                    rows[i] = (key, etag, graph_id.or(rows[i].2));
+                } else {
+                    last.insert(key, rows.len());
+                    rows.push((key, etag, graph_id));
+                }
+            }
+            sqlx::query(
+                "UPDATE targets SET media_etag = e.value ->> 1,
+                   graph_id = COALESCE(e.value ->> 2, targets.graph_id)
+                 FROM json_each(?1) AS e
+                 WHERE targets.target_key = e.value ->> 0 AND targets.state = 'synced'",
+            )
+            .bind(json(&rows))
+            .execute(&mut *tx)
+            .await?;
+            self.etags.clear();
         }
         Ok(())
     }
@@ -849,7 +979,152 @@ impl Ledger {
     }
 }
 
+/// A looked-up user, as the resolution cache keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CachedResolution {
+    pub object_id: String,
+    pub upn: String,
+    pub expires_at: i64,
+}
+
+/// A synced target, as `verify` checks it.
+#[derive(Debug, Clone)]
+pub struct SyncedTarget {
+    pub target_key: String,
+    pub path: Option<String>,
+    pub graph_id: Option<String>,
+    pub media_etag: Option<String>,
+}
+
+impl Ledger {
+    /// Every cached resolution that has not expired at `now`.
+    pub async fn resolutions(
+        &self,
+        now: i64,
+    ) -> Result<HashMap<String, CachedResolution>, StateError> {
+        let rows = sqlx::query(
+            "SELECT lookup_key, object_id, upn, expires_at FROM resolutions WHERE expires_at > ?1",
+        )
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                (
+                    r.get(0),
+                    CachedResolution {
+                        object_id: r.get(1),
+                        upn: r.get(2),
+                        expires_at: r.get(3),
+                    },
+                )
+            })
+            .collect())
+    }
+
+    /// When `target_key` was first parked, if it is parked.
+    pub async fn parked_since(&self, target_key: &str) -> Result<Option<i64>, StateError> {
+        Ok(sqlx::query_scalar(
+            "SELECT parked_since FROM targets WHERE target_key = ?1 AND state = 'parked'",
+        )
+        .bind(target_key)
+        .fetch_optional(&self.pool)
+        .await?
+        .flatten())
+    }
+
+    /// Files of targets whose retry is due at `now`: parked photos and transient failures.
+    pub async fn due_paths(&self, now: i64) -> Result<Vec<String>, StateError> {
+        Ok(sqlx::query_scalar(
+            "SELECT path FROM targets WHERE path IS NOT NULL AND next_attempt_at <= ?1
+               AND (state = 'parked' OR (state = 'failed' AND error_class = 'transient'))
+               AND path IN (SELECT path FROM files)",
+        )
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// The earliest retry time of a parked photo or transient failure, if any.
+    pub async fn next_due(&self) -> Result<Option<i64>, StateError> {
+        Ok(sqlx::query_scalar(
+            "SELECT MIN(next_attempt_at) FROM targets
+             WHERE state = 'parked' OR (state = 'failed' AND error_class = 'transient')",
+        )
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    /// Synced user and group targets, for `verify` (contact photos carry no etag to compare).
+    pub async fn synced_targets(&self) -> Result<Vec<SyncedTarget>, StateError> {
+        let rows = sqlx::query(
+            "SELECT target_key, path, graph_id, media_etag FROM targets
+             WHERE state = 'synced' AND kind IN ('user', 'group') ORDER BY target_key",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| SyncedTarget {
+                target_key: r.get(0),
+                path: r.get(1),
+                graph_id: r.get(2),
+                media_etag: r.get(3),
+            })
+            .collect())
+    }
+
+    /// Counts of parked targets and the oldest pending or parked item, for `status`.
+    pub async fn parked(&self) -> Result<Vec<FailureRow>, StateError> {
+        let rows = sqlx::query(
+            "SELECT target_key, path, error_reason, error_message, error_at, next_attempt_at,
+                    parked_since, error_status, error_code, error_request_id
+             FROM targets WHERE state = 'parked' ORDER BY parked_since, target_key",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| FailureRow {
+                target: r.get(0),
+                path: r.get(1),
+                class: Some("parked".into()),
+                reason: r.get(2),
+                http_status: r.get(7),
+                code: r.get(8),
+                message: r.get(3),
+                request_id: r.get(9),
+                attempts: 0,
+                at: r.get::<Option<i64>, _>(6).or(r.get(4)),
+                next_attempt_at: r.get(5),
+            })
+            .collect())
+    }
+}
+
 /// Milliseconds since the Unix epoch.
+/// The database's folder and why a file cannot be created in it, if it cannot.
+fn folder_not_writable(path: &Path) -> Option<(PathBuf, std::io::Error)> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let probe = dir.join(format!(".photosync-write-test-{}", std::process::id()));
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)
+    {
+        Ok(_) => {
+            let _ = std::fs::remove_file(&probe);
+            None
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => None,
+        Err(e) => Some((dir.to_owned(), e)),
+    }
+}
+
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -1006,6 +1281,26 @@ mod tests {
                 ("ok".to_owned(), Some(hex("h4")), Some(200)),
             ]
         );
+        // A read-back etag lands on the upload before it, the later of two wins.
+        let etag = |e: &str| Op::Etag {
+            target_key: "user:a@x".into(),
+            graph_id: None,
+            media_etag: Some(e.into()),
+        };
+        l.apply(&[
+            uploaded_op("h6", 6),
+            etag("e1"),
+            uploaded_op("h7", 7),
+            etag("e2"),
+        ])
+        .await
+        .unwrap();
+        let etag: Option<String> =
+            sqlx::query_scalar("SELECT media_etag FROM targets WHERE target_key = 'user:a@x'")
+                .fetch_one(l.pool())
+                .await
+                .unwrap();
+        assert_eq!(etag.as_deref(), Some("e2"));
         // And the other way round: a failure after a success in one batch leaves it failed.
         l.apply(&[uploaded_op("h5", 5), failed]).await.unwrap();
         let s = l.snapshot().await.unwrap();

@@ -26,7 +26,11 @@ pub struct Stats {
     pub deleted: AtomicU64,
     pub unchanged: AtomicU64,
     pub pending: AtomicU64,
+    /// Photos whose user does not exist yet (looked up again later).
+    pub parked: AtomicU64,
     pub failed: AtomicU64,
+    /// Identity lookups sent to Graph (each for up to 15 values).
+    pub lookups: AtomicU64,
     pub retries: AtomicU64,
     pub throttled: AtomicU64,
     pub bytes_read: AtomicU64,
@@ -44,6 +48,9 @@ pub struct Stats {
     latency: Mutex<(Vec<u64>, f64)>,
     skipped: Mutex<BTreeMap<&'static str, u64>>,
     failures: Mutex<Vec<Failure>>,
+    /// Per-item report rows go here when a report was asked for.
+    report: Mutex<Option<crate::report::Sink>>,
+    reporting: AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -112,8 +119,48 @@ impl Stats {
     }
 
     pub fn fail(&self, failure: Failure) {
+        self.fail_as(failure, "skip");
+    }
+
+    /// A failure of an item whose `action` (upload, delete, skip) was attempted.
+    pub fn fail_as(&self, failure: Failure, action: &'static str) {
         self.failed.fetch_add(1, Ordering::Relaxed);
+        if self.reporting() {
+            self.row(crate::report::Row {
+                path: failure.path.clone(),
+                target: failure.target.clone().unwrap_or_default(),
+                action,
+                result: format!("failed: {}", failure.reason),
+                error: Some(failure.message.clone()),
+                request_id: failure.request_id.clone(),
+                ..Default::default()
+            });
+        }
         lock(&self.failures).push(failure);
+    }
+
+    /// Sends every later item's row to `sink`.
+    pub fn report_to(&self, sink: crate::report::Sink) {
+        *lock(&self.report) = Some(sink);
+        self.reporting.store(true, Ordering::Relaxed);
+    }
+
+    /// Stops reporting and drops the sink, so that the report's writer can finish.
+    pub fn end_report(&self) {
+        self.reporting.store(false, Ordering::Relaxed);
+        lock(&self.report).take();
+    }
+
+    /// Whether rows are wanted (callers skip building them otherwise).
+    pub fn reporting(&self) -> bool {
+        self.reporting.load(Ordering::Relaxed)
+    }
+
+    /// One report row, if a report was asked for.
+    pub fn row(&self, row: crate::report::Row) {
+        if let Some(r) = lock(&self.report).as_ref() {
+            r.row(row);
+        }
     }
 
     pub fn failures(&self) -> Vec<Failure> {

@@ -31,9 +31,26 @@ pub enum WatchError {
     },
 }
 
+/// A root's device and inode (`None`: it cannot be stat'ed). inotify watches inodes and says
+/// nothing when a root is unmounted or mounted over: its watch just goes deaf. A root whose
+/// identity changed has to be watched again and rescanned.
+pub type Identity = Option<(u64, u64)>;
+
+/// The identity of each root, in order.
+pub fn identities(roots: &[PathBuf]) -> Vec<Identity> {
+    use std::os::unix::fs::MetadataExt as _;
+    roots
+        .iter()
+        .map(|r| std::fs::metadata(r).ok().map(|m| (m.dev(), m.ino())))
+        .collect()
+}
+
 /// The watchers of every root. Dropping it stops them.
 pub struct Watch {
     _watchers: Vec<notify::RecommendedWatcher>,
+    roots: Vec<PathBuf>,
+    /// Each root's identity from just before it was watched.
+    identities: Vec<Identity>,
     /// Roots (by source index) that are not watched and must be polled.
     pub polled: Vec<usize>,
     /// Raised when events may have been lost: the caller rescans everything.
@@ -45,11 +62,24 @@ impl Watch {
     pub fn all_watched(&self) -> bool {
         self.polled.is_empty()
     }
+
+    /// The roots whose identity in `now` (from [`identities`]) is not the one they had when
+    /// they were watched.
+    pub fn moved(&self, now: &[Identity]) -> Vec<&Path> {
+        self.roots
+            .iter()
+            .zip(&self.identities)
+            .zip(now)
+            .filter(|((_, then), now)| then != now)
+            .map(|((root, _), _)| root.as_path())
+            .collect()
+    }
 }
 
 /// Starts one recursive watcher per root (none in poll mode). Changed paths go to `tx`.
 pub fn start(roots: &[PathBuf], mode: WatchMode, tx: &mpsc::Sender<PathBuf>) -> Watch {
     let rescan = Arc::new(AtomicBool::new(false));
+    let identities = identities(roots);
     let mut watchers = Vec::new();
     let mut polled = Vec::new();
     for (n, root) in roots.iter().enumerate() {
@@ -67,6 +97,8 @@ pub fn start(roots: &[PathBuf], mode: WatchMode, tx: &mpsc::Sender<PathBuf>) -> 
     }
     Watch {
         _watchers: watchers,
+        roots: roots.to_vec(),
+        identities,
         polled,
         rescan,
     }

@@ -4,7 +4,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::engine::{human_bytes, Engine, EngineError, PassOptions};
+use crate::engine::{human_bytes, Engine, EngineError, Order, PassOptions};
 use crate::state::Ledger;
 use crate::stats::Stats;
 
@@ -20,6 +20,20 @@ pub struct Args {
     /// Upload every photo, even unchanged ones.
     #[arg(long)]
     pub force: bool,
+
+    /// Write one row per photo (path, target, action, result, bytes before/after, error,
+    /// request-id) to this file; `.csv` or `.json`.
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<std::path::PathBuf>,
+
+    /// Upload at most this many photos, newest files first; the next run goes on from there.
+    #[arg(long, value_name = "N")]
+    pub max_uploads: Option<u64>,
+
+    /// Stop cleanly after this long (e.g. "2h"), newest files first; the next run goes on from
+    /// there. Uploads in flight finish (within upload.shutdown_grace).
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub max_duration: Option<Duration>,
 }
 
 pub async fn run(config: &Path, args: Args, interactive: bool) -> u8 {
@@ -41,6 +55,21 @@ pub async fn run(config: &Path, args: Args, interactive: bool) -> u8 {
     };
     let grace = cfg.upload.shutdown_grace;
     let stats = Arc::new(Stats::default());
+    let report = match args
+        .report
+        .as_deref()
+        .map(crate::report::create)
+        .transpose()
+    {
+        Ok(r) => r.map(|(sink, writer)| {
+            stats.report_to(sink);
+            writer
+        }),
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::USAGE;
+        }
+    };
     let cancel = tokio_util::sync::CancellationToken::new();
     super::stop_on_signals(cancel.clone());
     let engine = match Engine::start(
@@ -66,8 +95,27 @@ pub async fn run(config: &Path, args: Args, interactive: bool) -> u8 {
         force: args.force,
         dry_run: args.dry_run,
         retry_transient_now: true,
+        max_uploads: args.max_uploads,
+        order: if args.max_uploads.is_some() || args.max_duration.is_some() {
+            Order::NewestFirst
+        } else {
+            Order::AsFound
+        },
     };
+    // The time budget stops the run the way a signal does (intake stops, in-flight uploads
+    // finish), but it is not an interruption: the exit code says how the items ended.
+    let out_of_time = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let timer = args.max_duration.map(|d| {
+        let (cancel, out_of_time) = (cancel.clone(), out_of_time.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(d).await;
+            out_of_time.store(true, std::sync::atomic::Ordering::SeqCst);
+            cancel.cancel();
+        })
+    });
+    let mut budget_reached = false;
     let mut result = engine.plan_pass(opts).await.map(|report| {
+        budget_reached = report.budget_reached;
         if report.deletions_refused > 0 {
             eprintln!(
                 "warning: {} photo deletions refused by the safety limit (sync.max_deletes_per_pass)",
@@ -78,7 +126,11 @@ pub async fn run(config: &Path, args: Args, interactive: bool) -> u8 {
     if result.is_ok() {
         result = engine.drain().await;
     }
-    let interrupted = cancel.is_cancelled();
+    if let Some(t) = timer {
+        t.abort();
+    }
+    let out_of_time = out_of_time.load(std::sync::atomic::Ordering::SeqCst);
+    let interrupted = cancel.is_cancelled() && !out_of_time;
     let shutdown = engine.shutdown(grace).await;
     if let Some(l) = ledger {
         l.close().await;
@@ -87,7 +139,24 @@ pub async fn run(config: &Path, args: Args, interactive: bool) -> u8 {
         p.abort();
     }
     let result = result.and(shutdown);
+    stats.end_report();
+    if let (Some(w), Some(path)) = (report, args.report.as_deref()) {
+        match w.finish().await {
+            Ok(rows) => eprintln!("report: {rows} rows written to {}", path.display()),
+            Err(e) => eprintln!("error: {e}"),
+        }
+    }
     print_summary(&stats, started.elapsed(), args.dry_run);
+    if budget_reached || out_of_time {
+        println!(
+            "budget reached ({}): stopped cleanly; the next run goes on with the photos not yet uploaded",
+            if out_of_time {
+                "--max-duration"
+            } else {
+                "--max-uploads"
+            }
+        );
+    }
     match result {
         Err(e) => {
             eprintln!("error: {e}");
@@ -150,10 +219,16 @@ fn print_summary(stats: &Stats, elapsed: Duration, dry_run: bool) {
         Stats::get(&stats.uploaded)
     };
     let deleted = Stats::get(&stats.deleted);
+    let parked = Stats::get(&stats.parked);
     println!(
-        "{} photos: {done} {verb}, {} unchanged, {} failed, {} skipped{}{}{}",
+        "{} photos: {done} {verb}, {} unchanged, {}{} failed, {} skipped{}{}{}",
         Stats::get(&stats.files),
         Stats::get(&stats.unchanged),
+        if parked > 0 {
+            format!("{parked} parked (user not found yet), ")
+        } else {
+            String::new()
+        },
         Stats::get(&stats.failed),
         stats.skipped_total(),
         if skipped_detail.is_empty() {

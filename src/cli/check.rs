@@ -37,6 +37,14 @@ impl Report {
     }
 }
 
+/// App roles that allow looking users up by mail or employeeId (any one of them).
+const READ_USERS: &[&str] = &[
+    "User.Read.All",
+    "User.ReadWrite.All",
+    "Directory.Read.All",
+    "Directory.ReadWrite.All",
+];
+
 /// The app roles that let photosync write a target kind's photo (any one of them).
 fn roles_for(kind: TargetKind) -> &'static [&'static str] {
     match kind {
@@ -63,6 +71,30 @@ pub async fn run(config: &Path, _args: Args) -> u8 {
         match crate::source::check_root(&s.root) {
             Ok(_) => r.ok(&what, "readable"),
             Err(e) => r.fail(&what, &e.to_string()),
+        }
+        if let Some(m) = &s.mapping {
+            let what = format!("mapping file {}", m.display());
+            match crate::mapfile::MapTable::load(m, &s.column_file, &s.column_target, s.key) {
+                Ok((table, problems)) if problems.is_empty() => {
+                    r.ok(&what, &format!("{} rows", table.len()));
+                }
+                Ok((table, problems)) => {
+                    let lines: Vec<String> = problems
+                        .iter()
+                        .map(|p| format!("line {}: {}", p.line, p.message))
+                        .collect();
+                    r.warn(
+                        &what,
+                        &format!(
+                            "{} rows apply; {} left out:\n        {}",
+                            table.len(),
+                            problems.len(),
+                            lines.join("\n        ")
+                        ),
+                    );
+                }
+                Err(e) => r.fail(&what, &e.to_string()),
+            }
         }
     }
     check_database(&cfg, &mut r).await;
@@ -141,6 +173,16 @@ async fn check_graph(cfg: &Config, r: &mut Report) {
                 ),
             );
         }
+    }
+    let lookups = cfg.sources.iter().any(|s| s.key.needs_lookup());
+    if lookups && !READ_USERS.iter().any(|n| roles.iter().any(|r| r == n)) {
+        r.warn(
+            "permission for user lookups",
+            &format!(
+                "sources with key = \"mail\" or \"employee_id\" look users up, but the token has none of {}",
+                READ_USERS.join(", ")
+            ),
+        );
     }
     let graph = GraphClient::new(http, &cfg.cloud.graph_url(), tokens);
     match graph.get("/v1.0/users?$top=1&$select=id").await {

@@ -15,6 +15,7 @@ mod check;
 mod retry;
 mod run;
 mod status;
+mod verify;
 
 /// Exit codes, as documented in `--help` and the README.
 pub mod exit {
@@ -80,6 +81,9 @@ pub enum Command {
     Check(check::Args),
     /// Clear failure records so the next pass attempts those photos again.
     Retry(retry::Args),
+    /// Compare every synced photo's current etag in Graph with the one recorded after its
+    /// upload; report photos changed or removed outside photosync (--repair: upload them again).
+    Verify(verify::Args),
 }
 
 /// Runs the parsed command line and returns the process exit code.
@@ -111,6 +115,7 @@ pub fn main(cli: Cli) -> ExitCode {
             Command::Status(args) => status::run(&cli.config, args).await,
             Command::Check(args) => check::run(&cli.config, args).await,
             Command::Retry(args) => retry::run(&cli.config, args).await,
+            Command::Verify(args) => verify::run(&cli.config, args).await,
         }
     });
     ExitCode::from(code)

@@ -23,6 +23,9 @@ use crate::watch::{self, Debounce};
 
 use super::exit;
 
+/// How often the roots' identities are checked (see [`watch::Identity`]).
+const ROOT_CHECK_EVERY: Duration = Duration::from_secs(1);
+
 #[derive(Debug, clap::Args)]
 pub struct Args {}
 
@@ -129,12 +132,15 @@ async fn follow(
 ) -> (Next, Result<(), EngineError>) {
     let roots: Vec<PathBuf> = cfg.sources.iter().map(|s| s.root.clone()).collect();
     let (tx, mut events) = mpsc::channel::<PathBuf>(8192);
-    let watch = watch::start(&roots, cfg.sync.watch, &tx);
-    drop(tx);
+    let mut watch = watch::start(&roots, cfg.sync.watch, &tx);
     Stats::flag(
         &stats.watchers_ok,
         watch.all_watched() || cfg.sync.watch == crate::config::WatchMode::Poll,
     );
+    // A root unmounted or mounted over leaves a deaf watch behind; its identity is checked off
+    // the event loop (a hung network share must not stall it).
+    let mut root_check: Option<tokio::task::JoinHandle<Vec<watch::Identity>>> = None;
+    let mut last_root_check = Instant::now();
     let mut debounce = Debounce::default();
     let opts = PassOptions::default();
     // The reconcile pass runs like any rescan: in the background, so signals, reloads and
@@ -145,6 +151,22 @@ async fn follow(
     let mut last_rescan = Instant::now();
     let mut last_poll = Instant::now();
     let mut queued_paths: Vec<PathBuf> = Vec::new();
+    // Parked photos and transient failures come due without any file changing.
+    let due_every = cfg
+        .sync
+        .parked_retry
+        .min(cfg.sync.retry_failed_after)
+        .min(Duration::from_secs(60));
+    let mut last_due_check = Instant::now();
+    // A changed mapping file re-targets files that did not change: rescan when one changes.
+    let mapping_mtimes = || -> Vec<Option<std::time::SystemTime>> {
+        cfg.sources
+            .iter()
+            .filter_map(|s| s.mapping.as_ref())
+            .map(|m| std::fs::metadata(m).and_then(|m| m.modified()).ok())
+            .collect()
+    };
+    let mut mappings = mapping_mtimes();
     let tick = (cfg.sync.debounce / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
     let mut ticker = tokio::time::interval(tick);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -152,6 +174,8 @@ async fn follow(
     loop {
         tokio::select! {
             () = stop.cancelled() => return (Next::Stop, finish(planning).await),
+            // Stopped by a fatal error, which its shutdown reports.
+            () = engine.stopped() => return (Next::Stop, finish(planning).await),
             Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
                 match super::try_load_config(&cfg.path) {
                     Ok(new) => return (Next::Reload(Box::new(new)), finish(planning).await),
@@ -199,17 +223,61 @@ async fn follow(
                 tracing::info!("reconciled; watching for changes");
             }
         }
+        if let Some(check) = root_check.take_if(|h| h.is_finished()) {
+            let now = check.await.unwrap_or_default();
+            let moved = watch.moved(&now);
+            if !moved.is_empty() {
+                for root in moved {
+                    tracing::warn!(root = %root.display(), "source root was unmounted, mounted or replaced; watching it again and rescanning");
+                }
+                watch = watch::start(&roots, cfg.sync.watch, &tx);
+                Stats::flag(
+                    &stats.watchers_ok,
+                    watch.all_watched() || cfg.sync.watch == crate::config::WatchMode::Poll,
+                );
+                rescan_due = true;
+            }
+        }
+        if root_check.is_none() && last_root_check.elapsed() >= ROOT_CHECK_EVERY {
+            last_root_check = Instant::now();
+            let roots = roots.clone();
+            root_check = Some(tokio::task::spawn_blocking(move || {
+                watch::identities(&roots)
+            }));
+        }
         if watch.rescan.swap(false, Ordering::Relaxed) {
             rescan_due = true;
         }
         if last_rescan.elapsed() >= cfg.sync.rescan_interval {
             rescan_due = true;
         }
+        if !mappings.is_empty() {
+            let now = mapping_mtimes();
+            if now != mappings {
+                tracing::info!("a mapping file changed; rescanning");
+                mappings = now;
+                rescan_due = true;
+            }
+        }
         if !watch.polled.is_empty() && last_poll.elapsed() >= cfg.sync.poll_interval {
             last_poll = Instant::now();
             rescan_due = true;
         }
         queued_paths.extend(debounce.due(cfg.sync.debounce));
+        if planning.is_none() && !rescan_due && last_due_check.elapsed() >= due_every {
+            last_due_check = Instant::now();
+            match engine.due_paths().await {
+                Ok(due) if !due.is_empty() => {
+                    tracing::info!(
+                        photos = due.len(),
+                        "retries due (parked new hires, transient failures)"
+                    );
+                    queued_paths.extend(due);
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "cannot read due retries from the ledger"),
+            }
+        }
         if planning.is_none() {
             if rescan_due {
                 rescan_due = false;

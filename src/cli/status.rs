@@ -31,6 +31,9 @@ struct Status {
     oldest_pending: Option<String>,
     failures_by_reason: BTreeMap<String, i64>,
     failures: Vec<FailureJson>,
+    /// Photos whose user was not found (yet): looked up again every `parked_retry`. `at` is
+    /// when the photo was first parked.
+    parked: Vec<FailureJson>,
 }
 
 #[derive(Serialize)]
@@ -113,29 +116,28 @@ async fn collect(ledger: &Ledger) -> Result<Status, crate::state::StateError> {
         .filter_map(|f| f.at)
         .min()
         .map(rfc3339);
+    let json = |f: FailureRow| FailureJson {
+        target: f.target,
+        path: f.path,
+        class: f.class,
+        reason: f.reason,
+        http_status: f.http_status,
+        code: f.code,
+        message: f.message,
+        request_id: f.request_id,
+        attempts: f.attempts,
+        at: f.at.map(rfc3339),
+        next_attempt_at: f.next_attempt_at.map(rfc3339),
+    };
     Ok(Status {
+        parked: ledger.parked().await?.into_iter().map(json).collect(),
         database: ledger.path().display().to_string(),
         totals,
         files: ledger.file_count().await?,
         last_sync: ledger.last_upload_at().await?.map(rfc3339),
         oldest_pending,
         failures_by_reason: by_reason,
-        failures: failures
-            .into_iter()
-            .map(|f| FailureJson {
-                target: f.target,
-                path: f.path,
-                class: f.class,
-                reason: f.reason,
-                http_status: f.http_status,
-                code: f.code,
-                message: f.message,
-                request_id: f.request_id,
-                attempts: f.attempts,
-                at: f.at.map(rfc3339),
-                next_attempt_at: f.next_attempt_at.map(rfc3339),
-            })
-            .collect(),
+        failures: failures.into_iter().map(json).collect(),
     })
 }
 
@@ -169,6 +171,19 @@ fn print_text(s: &Status) {
             "oldest failure waiting for a retry: {}",
             ago(&s.oldest_pending)
         );
+    }
+    if !s.parked.is_empty() {
+        println!("parked (user not found yet): {}", s.parked.len());
+        for p in &s.parked {
+            println!(
+                "  {} {}: {} (since {}; next lookup {})",
+                p.target,
+                p.path.as_deref().unwrap_or(""),
+                p.message.as_deref().unwrap_or(""),
+                p.at.as_deref().unwrap_or("?"),
+                p.next_attempt_at.as_deref().unwrap_or("at the next pass"),
+            );
+        }
     }
     if s.failures.is_empty() {
         return;

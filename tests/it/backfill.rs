@@ -269,39 +269,41 @@ async fn server_errors_and_resets_are_retried() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn unknown_target_fails_alone_and_is_not_retried_until_it_changes() {
+async fn an_unknown_user_is_parked_alone_and_uploaded_once_it_exists() {
     let env = Env::new().await;
     env.add_user("alice@contoso.com");
     env.put("users/alice@contoso.com.jpg", &jpeg(1));
     env.put("users/ghost@contoso.com.jpg", &jpeg(2));
     env.put("users/not-a-upn.jpg", &jpeg(3));
     let out = env.run(&["backfill"]).await;
+    // The bad name fails the run; the unknown user is parked, not failed.
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("1 parked"), "{stdout}");
+    assert!(stdout.contains("not-a-upn.jpg: bad_name"), "{stdout}");
     assert!(
-        stdout.contains("ghost@contoso.com.jpg (user:ghost@contoso.com)"),
+        !stdout.contains("ghost@contoso.com.jpg (user:ghost"),
         "{stdout}"
     );
-    assert!(stdout.contains("404"), "{stdout}");
-    assert!(stdout.contains("not-a-upn.jpg: bad_name"), "{stdout}");
     assert!(env.emu.user_photo("alice@contoso.com").is_some());
+    let out = env.run(&["status", "--json"]).await;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let parked = &v["parked"][0];
+    assert_eq!(parked["target"], "user:ghost@contoso.com", "{v}");
+    assert_eq!(parked["http_status"], 404, "{v}");
+    assert!(parked["request_id"].is_string(), "{v}");
 
-    // Again: the permanent failure is remembered for this content; nothing is sent.
-    env.emu.clear_requests();
-    let out = env.run(&["backfill"]).await;
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(upload_requests(&env.emu).is_empty());
-
-    // The user appears and the file changes: it is tried again and succeeds.
+    // The account appears (HR's provisioning was late); nobody touches the file.
     env.add_user("ghost@contoso.com");
-    env.put("users/ghost@contoso.com.jpg", &jpeg(22));
     std::fs::remove_file(env.path("users/not-a-upn.jpg")).unwrap();
+    env.emu.clear_requests();
     let out = env.run(&["backfill"]).await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert_eq!(
         env.emu.user_photo("ghost@contoso.com").unwrap().bytes,
-        jpeg(22)
+        jpeg(2)
     );
+    assert_eq!(upload_requests(&env.emu).len(), 1, "alice is unchanged");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -389,7 +391,9 @@ async fn the_secret_never_reaches_logs_output_or_database() {
     let out = env
         .run_env(&["-vv", "backfill"], &[("RUST_LOG", "trace")])
         .await;
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    // The unknown user is parked (a 404 went through the error paths), not failed.
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(text(&out).contains("1 parked"), "{}", text(&out));
     let all = text(&out);
     assert!(all.contains("uploaded"), "logs were written: {all}");
     assert!(!all.contains(SECRET), "secret in output");
@@ -400,6 +404,13 @@ async fn the_secret_never_reaches_logs_output_or_database() {
                 "secret in {f}"
             );
         }
+    }
+
+    for args in [&["status"][..], &["status", "--json"], &["verify"]] {
+        let out = env
+            .run_env(&[&["-vv"][..], args].concat(), &[("RUST_LOG", "trace")])
+            .await;
+        assert!(!text(&out).contains(SECRET), "secret in {args:?}");
     }
 
     // A wrong secret: the AADSTS code and a hint, exit 3, and the wrong secret not echoed.
@@ -562,4 +573,90 @@ async fn credential_files_readable_by_others_are_refused() {
         text(&out)
     );
     assert!(!text(&out).contains(SECRET));
+}
+
+/// Corporate networks reach Graph through a proxy named in the environment. The login and Graph
+/// hosts here are a loopback address nothing listens on, so only the proxy (the emulator itself,
+/// which answers requests in proxy form) can reach them; `NO_PROXY` sends requests direct.
+#[tokio::test(flavor = "multi_thread")]
+async fn requests_go_through_the_proxy_from_the_environment() {
+    let env = Env::new().await;
+    env.add_user("alice@contoso.com");
+    env.put("users/alice@contoso.com.jpg", &jpeg(1));
+    let config = std::fs::read_to_string(&env.config)
+        .unwrap()
+        .replace(&env.emu.url(), "http://127.0.0.2:9");
+    std::fs::write(&env.config, config).unwrap();
+    let proxy = env.emu.url();
+    let out = env
+        .run_env(
+            &["backfill"],
+            &[("HTTP_PROXY", &proxy), ("NO_PROXY", ""), ("no_proxy", "")],
+        )
+        .await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(
+        env.emu.user_photo("alice@contoso.com").unwrap().bytes,
+        jpeg(1)
+    );
+
+    env.put("users/alice@contoso.com.jpg", &jpeg(2));
+    let out = env
+        .run_env(
+            &["backfill"],
+            &[("HTTP_PROXY", &proxy), ("NO_PROXY", "127.0.0.2")],
+        )
+        .await;
+    assert_ne!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(
+        env.emu.user_photo("alice@contoso.com").unwrap().bytes,
+        jpeg(1)
+    );
+}
+
+/// With `on_delete = "keep"` an emptied root (an unmounted share) deletes nothing in Graph, and
+/// the ledger keeps its files' records, so the share coming back costs no re-reading.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_emptied_root_keeps_its_records_when_photos_are_kept() {
+    let env = Env::new().await;
+    for n in 0..3 {
+        let upn = format!("k{n}@contoso.com");
+        env.add_user(&upn);
+        env.put(&format!("users/{upn}.jpg"), &jpeg(n));
+    }
+    let out = env.run(&["backfill"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let files = |env: &Env| -> u64 {
+        let out = tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current().block_on(env.run(&["status", "--json"]))
+        });
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["files"].as_u64().unwrap()
+    };
+    // The share goes away (its files moved aside, mtimes kept) and comes back.
+    std::fs::rename(env.path("users"), env.path("users-away")).unwrap();
+    std::fs::create_dir(env.path("users")).unwrap();
+    let out = env.run(&["backfill"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        text(&out).contains("is the share mounted"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        files(&env),
+        3,
+        "the records of an emptied root were forgotten"
+    );
+    std::fs::remove_dir(env.path("users")).unwrap();
+    std::fs::rename(env.path("users-away"), env.path("users")).unwrap();
+    env.emu.clear_requests();
+    let out = env.run(&["backfill"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("3 unchanged"),
+        "{}",
+        text(&out)
+    );
+    assert!(upload_requests(&env.emu).is_empty());
 }

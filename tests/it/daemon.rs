@@ -9,14 +9,15 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 
 use crate::helpers::{jpeg, upload_requests, uploads_ok, Env};
 
-/// A running daemon whose stderr is collected line by line.
-struct Daemon {
+/// A running daemon whose stderr is collected line by line. Other modules (disk, soak) drive
+/// it too.
+pub(crate) struct Daemon {
     child: tokio::process::Child,
     log: Arc<Mutex<String>>,
 }
 
 impl Daemon {
-    async fn start(env: &Env) -> Daemon {
+    pub(crate) async fn start(env: &Env) -> Daemon {
         let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_photosync"))
             .arg("-c")
             .arg(&env.config)
@@ -45,11 +46,11 @@ impl Daemon {
         d
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         self.log.lock().unwrap().clone()
     }
 
-    async fn wait_log(&self, needle: &str, timeout: Duration) {
+    pub(crate) async fn wait_log(&self, needle: &str, timeout: Duration) {
         let start = Instant::now();
         while !self.log().contains(needle) {
             assert!(
@@ -61,7 +62,11 @@ impl Daemon {
         }
     }
 
-    fn signal(&self, sig: &str) {
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id().unwrap()
+    }
+
+    pub(crate) fn signal(&self, sig: &str) {
         let pid = self.child.id().unwrap().to_string();
         let ok = std::process::Command::new("kill")
             .args([&format!("-{sig}"), &pid])
@@ -71,11 +76,16 @@ impl Daemon {
         assert!(ok);
     }
 
-    async fn stop(mut self) -> (Option<i32>, String) {
+    pub(crate) async fn stop(self) -> (Option<i32>, String) {
         self.signal("TERM");
-        let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+        self.exit(Duration::from_secs(30)).await
+    }
+
+    /// Waits (bounded) for the daemon to exit by itself.
+    pub(crate) async fn exit(mut self, timeout: Duration) -> (Option<i32>, String) {
+        let status = tokio::time::timeout(timeout, self.child.wait())
             .await
-            .expect("daemon did not stop within 30 s")
+            .unwrap_or_else(|_| panic!("daemon did not stop within {timeout:?}:\n{}", self.log()))
             .unwrap();
         // Let the log reader catch up.
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -84,7 +94,11 @@ impl Daemon {
 }
 
 /// Waits (bounded) until `cond` holds.
-async fn until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) -> Duration {
+pub(crate) async fn until(
+    what: &str,
+    timeout: Duration,
+    mut cond: impl FnMut() -> bool,
+) -> Duration {
     let start = Instant::now();
     while !cond() {
         assert!(start.elapsed() < timeout, "timed out waiting for {what}");
@@ -383,7 +397,7 @@ async fn without_a_watcher_changes_arrive_by_polling_rescans() {
     assert_eq!(code, Some(0), "{log}");
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

@@ -115,9 +115,16 @@ async fn every_photo_arrives_intact_through_a_fault_storm() {
 
     // What the emulator answered. Requests that stalled past the timeout are not recorded:
     // photosync hung up on them, and the emulator forgot them.
-    let uploads = upload_requests(&env.emu);
+    // Uploads and the metadata reads after them (for `verify`) meet the same faults and retries.
+    let graph: Vec<_> = env
+        .emu
+        .requests()
+        .into_iter()
+        .filter(|r| r.kind != RequestKind::Token)
+        .collect();
+    assert!(upload_requests(&env.emu).len() >= PHOTOS as usize);
     let mut by_status: HashMap<u16, usize> = HashMap::new();
-    for r in &uploads {
+    for r in &graph {
         *by_status.entry(r.status).or_default() += 1;
     }
     let count = |s: u16| by_status.get(&s).copied().unwrap_or(0);
@@ -151,15 +158,15 @@ async fn every_photo_arrives_intact_through_a_fault_storm() {
         "{timeouts} retries beyond 503s and resets, {timeouts_logged} timeouts logged"
     );
     // And the total stays proportional to the faults met.
-    let injected = uploads.len() - count(200) + timeouts_logged;
+    let injected = graph.len() - count(200) + timeouts_logged;
     assert!(
         retries <= 3 * injected,
         "{retries} retries for {injected} injected faults ({by_status:?})"
     );
     assert!(env.emu.tokens_issued() >= 2, "the token was never renewed");
     eprintln!(
-        "faults: {} upload requests answered {by_status:?}, {timeouts} timed out; {retries} retries, {throttled} throttled, {} tokens; {:.1}s",
-        uploads.len(),
+        "faults: {} Graph requests answered {by_status:?}, {timeouts} timed out; {retries} retries, {throttled} throttled, {} tokens; {:.1}s",
+        graph.len(),
         env.emu.tokens_issued(),
         started.elapsed().as_secs_f64()
     );

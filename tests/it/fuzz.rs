@@ -551,11 +551,7 @@ fn sources() -> Vec<SourceConfig> {
         (TargetKind::Contact, KeyKind::Id),
     ]
     .into_iter()
-    .map(|(target, key)| SourceConfig {
-        root: PathBuf::from("/srv/photos"),
-        target,
-        key,
-    })
+    .map(|(target, key)| SourceConfig::new(PathBuf::from("/srv/photos"), target, key))
     .collect()
 }
 
@@ -912,6 +908,17 @@ async fn a_tree_of_hostile_names_syncs_only_what_it_should_where_it_should() {
             );
             continue;
         }
+        if r.kind == graph_emulator::RequestKind::PhotoMeta {
+            // The etag read after an upload: the same photo's metadata, nothing else.
+            assert!(
+                expected
+                    .iter()
+                    .any(|e| e.strip_suffix("/$value") == Some(r.raw_path.as_str())),
+                "unintended metadata read {}",
+                r.raw_path
+            );
+            continue;
+        }
         assert!(
             expected.contains(r.raw_path.as_str()),
             "unintended request {} {} ({})",
@@ -955,4 +962,122 @@ async fn a_tree_of_hostile_names_syncs_only_what_it_should_where_it_should() {
     }
     assert!(env.emu.user_photo("victim@contoso.com").is_none());
     assert!(env.emu.user_photo("mallory@contoso.com").is_none());
+}
+
+/// The mapping-file reader (HR's CSV exports) on arbitrary rows: it never panics, every
+/// non-blank data row either applies or is reported with its own line number, and what applies
+/// is exactly the valid rows whose file name no other row gives a different target.
+#[test]
+fn mapping_file_reader_accounts_for_every_row() {
+    use photosync::mapfile::MapTable;
+    let cell = prop_oneof![
+        Just(String::new()),
+        "[0-9]{1,6}",
+        "[a-z]{1,5}@contoso\\.com",
+        "[ -~]{0,12}",
+        "\\PC{0,8}",
+        Just("\"quoted, with; both\"".to_owned()),
+        Just("\"unterminated".to_owned()),
+    ];
+    let row = vec(cell, 0..4);
+    let rows = vec(row, 0..30);
+    let sep = prop_oneof![Just(','), Just(';')];
+    runner(300)
+        .run(&(rows, sep, any::<bool>()), |(rows, sep, bom)| {
+            let mut text = String::new();
+            if bom {
+                text.push('\u{feff}');
+            }
+            text.push_str(&["file", "upn", "note\n"].join(&sep.to_string()));
+            for r in &rows {
+                text.push_str(&r.join(&sep.to_string()));
+                text.push('\n');
+            }
+            let parsed = MapTable::parse(
+                text.as_bytes(),
+                Path::new("hr.csv"),
+                "file",
+                "upn",
+                KeyKind::Upn,
+            );
+            let Ok((table, problems)) = parsed else {
+                return Ok(());
+            };
+            let data_lines = text.lines().count() as u64;
+            for p in &problems {
+                prop_assert!(
+                    (2..=data_lines.max(2)).contains(&p.line),
+                    "problem on line {} of {data_lines}: {}",
+                    p.line,
+                    p.message
+                );
+            }
+            prop_assert!(table.len() + problems.len() <= rows.len() + 1);
+            // Plain ASCII cells without quotes or separators: the outcome of every row is known.
+            let plain = rows.iter().flatten().all(|c| {
+                c.chars()
+                    .all(|ch| (' '..='~').contains(&ch) && !"\",;".contains(ch))
+            });
+            if !plain {
+                return Ok(());
+            }
+            let key = |f: &str| {
+                let f = f.trim().to_lowercase();
+                match f.rsplit_once('.') {
+                    Some((stem, ext))
+                        if !stem.is_empty()
+                            && [
+                                "jpg", "jpeg", "jpe", "jfif", "png", "gif", "webp", "tif", "tiff",
+                                "bmp",
+                            ]
+                            .contains(&ext) =>
+                    {
+                        stem.to_owned()
+                    }
+                    _ => f,
+                }
+            };
+            let mut bad_lines = Vec::new();
+            let mut wanted: BTreeMap<String, Option<String>> = BTreeMap::new();
+            let mut first_line: BTreeMap<String, u64> = BTreeMap::new();
+            for (i, r) in rows.iter().enumerate() {
+                let line = i as u64 + 2;
+                if r.iter().all(|c| c.trim().is_empty()) {
+                    continue;
+                }
+                let (Some(file), Some(upn)) = (r.first(), r.get(1)) else {
+                    bad_lines.push(line);
+                    continue;
+                };
+                let Ok(upn) = photosync::mapping::normalise_key(upn.trim(), KeyKind::Upn) else {
+                    bad_lines.push(line);
+                    continue;
+                };
+                if file.trim().is_empty() {
+                    bad_lines.push(line);
+                    continue;
+                }
+                let k = key(file);
+                match wanted.get_mut(&k) {
+                    None => {
+                        wanted.insert(k.clone(), Some(upn));
+                        first_line.insert(k, line);
+                    }
+                    Some(v) => {
+                        bad_lines.push(line);
+                        if v.as_deref() != Some(upn.as_str()) {
+                            *v = None;
+                        }
+                    }
+                }
+            }
+            let got: Vec<u64> = problems.iter().map(|p| p.line).collect();
+            prop_assert_eq!(got, bad_lines, "{:?}", problems);
+            for (k, v) in &wanted {
+                prop_assert_eq!(table.get(k), v.as_deref(), "file {}", k);
+            }
+            prop_assert_eq!(table.len(), wanted.values().filter(|v| v.is_some()).count());
+            Ok(())
+        })
+        .unwrap();
 }

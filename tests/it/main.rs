@@ -5,8 +5,11 @@
 mod backfill;
 mod crash;
 mod daemon;
+mod disk;
 mod faults;
 mod fuzz;
 mod helpers;
+mod identity;
 mod image;
 mod operator;
+mod soak;

@@ -10,6 +10,14 @@ async fn status_json_lists_failures_and_retry_clears_them() {
     env.add_user("alice@contoso.com");
     env.put("users/alice@contoso.com.jpg", &jpeg(1));
     env.put("users/ghost@contoso.com.jpg", &jpeg(2));
+    // A user without an Exchange mailbox: a permanent failure (an unknown user would be parked).
+    env.emu.add_user(
+        graph_emulator::User::new(
+            crate::helpers::uuid_for("ghost@contoso.com"),
+            "ghost@contoso.com",
+        )
+        .without_mailbox(),
+    );
     env.put(
         "users/broken@contoso.com.jpg",
         b"this is not a photo at all",
