@@ -28,6 +28,12 @@ const BACKOFF_SHARE: f64 = 0.98;
 /// Time scale of the cubic growth: the rate is back at the observed limit after about 0.27 of
 /// it and at twice that limit after about one.
 const GROWTH_PERIOD_S: f64 = 80.0;
+/// The adapted rate never goes below this share of the configured one. What got through in a
+/// second is the service's limit only when photosync was sending as fast as it could; when
+/// uploads were waiting on something else (timeouts, retries) it is less, and repeated throttles
+/// would ratchet the rate down to nothing. Below this floor the gate alone paces: at most one
+/// throttle per Retry-After.
+const MIN_SHARE: f64 = 0.1;
 /// The rate the service admits is estimated from the successes of this last stretch of time.
 const WINDOW: Duration = Duration::from_secs(1);
 
@@ -86,7 +92,7 @@ impl State {
             return (max_rate, true);
         };
         let t = now.saturating_duration_since(a.since).as_secs_f64() / GROWTH_PERIOD_S;
-        let rate = a.limit() * (BACKOFF_SHARE + t * t * t);
+        let rate = (a.limit() * (BACKOFF_SHARE + t * t * t)).max(max_rate * MIN_SHARE);
         if rate >= max_rate {
             self.adapted = None;
             return (max_rate, true);
@@ -487,6 +493,21 @@ mod tests {
         l.succeeded();
         assert!(
             (l.current_rate() - 98.0).abs() < 1.0,
+            "{}",
+            l.current_rate()
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn repeated_throttles_never_take_the_rate_below_a_tenth() {
+        let l = Limiter::new(200.0, 20);
+        for _ in 0..10 {
+            l.succeeded();
+            l.throttled(Some(Duration::from_millis(500)));
+            tokio::time::advance(Duration::from_millis(501)).await;
+        }
+        assert!(
+            (l.current_rate() - 20.0).abs() < 0.5,
             "{}",
             l.current_rate()
         );
