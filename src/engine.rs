@@ -351,7 +351,12 @@ impl Engine {
         if opts.order == Order::NewestFirst {
             rx = planner.newest_first(rx).await;
         }
-        let max_reads = std::thread::available_parallelism().map_or(2, std::num::NonZero::get) * 2;
+        // A budget spends itself in the order reads finish: one at a time keeps it newest first.
+        let max_reads = if opts.max_uploads.is_some() {
+            1
+        } else {
+            std::thread::available_parallelism().map_or(2, std::num::NonZero::get) * 2
+        };
         let mut reads = FuturesUnordered::new();
         let mut walking = true;
         while walking || !reads.is_empty() {
