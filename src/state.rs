@@ -835,25 +835,20 @@ impl<'a> Bulk<'a> {
             self.uploads.clear();
         }
         if !self.etags.is_empty() {
-            // One row per target, as the ops one after the other would leave it (UPDATE FROM
-            // would pick any one of several).
-            let mut last: HashMap<&str, usize> = HashMap::new();
-            let mut rows: Vec<(&str, Option<&str>, Option<&str>)> = Vec::new();
-            for &(key, etag, graph_id) in &self.etags {
-                if let Some(&i) = last.get(key) {
-                    rows[i] = (key, etag, graph_id.or(rows[i].2));
-                } else {
-                    last.insert(key, rows.len());
-                    rows.push((key, etag, graph_id));
-                }
-            }
+            // An upsert that only ever takes its conflict path (rows of unknown targets are
+            // filtered out) finds each target by its key; UPDATE ... FROM json_each scanned the
+            // whole table for every row.
             sqlx::query(
-                "UPDATE targets SET media_etag = e.value ->> 1,
-                   graph_id = COALESCE(e.value ->> 2, targets.graph_id)
-                 FROM json_each(?1) AS e
-                 WHERE targets.target_key = e.value ->> 0 AND targets.state = 'synced'",
+                "INSERT INTO targets (target_key, kind, state, updated_at, media_etag, graph_id)
+                 SELECT value ->> 0, '', 'synced', 0, value ->> 1, value ->> 2
+                 FROM json_each(?1)
+                 WHERE EXISTS (SELECT 1 FROM targets WHERE target_key = value ->> 0)
+                 ORDER BY key
+                 ON CONFLICT (target_key) DO UPDATE SET media_etag = excluded.media_etag,
+                   graph_id = COALESCE(excluded.graph_id, targets.graph_id)
+                 WHERE targets.state = 'synced'",
             )
-            .bind(json(&rows))
+            .bind(json(&self.etags))
             .execute(&mut *tx)
             .await?;
             self.etags.clear();
@@ -1364,5 +1359,27 @@ mod tests {
         shared.sort();
         assert_eq!(shared, ["/p/\"quoted\" \\ é.jpg", "/p/u0.jpg"]);
         assert!(s.files_of("user:u1@x").is_empty());
+        // Read-back etags land on known targets only.
+        let mut etags: Vec<Op> = (0..n)
+            .map(|i| Op::Etag {
+                target_key: format!("user:u{i}@x"),
+                graph_id: None,
+                media_etag: Some(format!("e{i}")),
+            })
+            .collect();
+        etags.push(Op::Etag {
+            target_key: "user:nobody@x".into(),
+            graph_id: Some("g".into()),
+            media_etag: Some("e".into()),
+        });
+        let started = std::time::Instant::now();
+        l.apply(&etags).await.unwrap();
+        let elapsed = started.elapsed();
+        let (targets, with_etag): (i64, i64) =
+            sqlx::query_as("SELECT COUNT(*), COUNT(media_etag) FROM targets")
+                .fetch_one(l.pool())
+                .await
+                .unwrap();
+        assert_eq!((targets, with_etag), (n, n), "{elapsed:?}");
     }
 }
