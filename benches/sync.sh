@@ -10,6 +10,8 @@
 #   RATE_N=1000 RATE_RPS=50 RATE_BURST=50                       step 5 (rate accuracy)
 #   THROTTLE_N=600 THROTTLE_LIMIT=20 THROTTLE_RPS=100 THROTTLE_BURST=100   step 6 (429s)
 #   THROTTLE_RETRY_AFTER=1   seconds the emulator's 429s ask photosync to wait (step 6)
+#   RECORD_ETAG=0       1 = upload.record_etag on (a metadata GET after every upload, which
+#                       shares the rate limit: uploads/s is then about half the request rate)
 #   NO_BUILD=1          use the binaries in target/release as they are
 #   PHOTOSYNC_BIN, EMULATOR_BIN, GEN_TREE_BIN   explicit binaries (imply no build)
 # Steps:
@@ -43,6 +45,7 @@ THROTTLE_LIMIT="${THROTTLE_LIMIT:-20}"
 THROTTLE_RPS="${THROTTLE_RPS:-100}"
 THROTTLE_BURST="${THROTTLE_BURST:-100}"
 THROTTLE_RETRY_AFTER="${THROTTLE_RETRY_AFTER:-1}"
+RECORD_ETAG="${RECORD_ETAG:-0}"
 NO_BUILD="${NO_BUILD:-}"
 while (($#)); do
   case "$1" in
@@ -190,6 +193,7 @@ database = "$3"
 workers = $6
 requests_per_second = $4
 burst = $5
+record_etag = $([[ "$RECORD_ETAG" == 1 ]] && echo true || echo false)
 
 [image]
 mode = "passthrough"
@@ -420,11 +424,13 @@ jq -n \
   --argjson thr_ratio "$THR_RATIO" --argjson thr_failed "${THR_FAILED:-0}" \
   --argjson thr_retry_after "$THROTTLE_RETRY_AFTER" --argjson thr_wall "$THR_WALL" \
   --argjson thr_windows "$THR_WINDOWS" --argjson thr_429_per_window "$THR_429_PER_WINDOW" \
+  --argjson record_etag "$([[ "$RECORD_ETAG" == 1 ]] && echo true || echo false)" \
   --argjson cold_stats "$COLD_STATS" --argjson rate_stats "$RATE_STATS" --argjson thr_stats "$THR_STATS" \
   '{
     date: $date, commit: $commit,
     machine: {nproc: $nproc, cpu: $cpu, mem_gib: $mem_gib, load_before: $load},
     n: $n, tree_bytes: $tree_bytes, workers: $workers, repeat: $repeat, peak_rss_mb: $peak_rss,
+    record_etag: $record_etag,
     cold: {wall_s: $cold_wall, uploads_per_s: $cold_rate, cpu_s: $cold_cpu,
            cpu_s_per_1000: $cold_cpu_k, peak_rss_mb: $cold_rss,
            baseline: {tool: "xargs -P 8 curl", files: $curl_sample, wall_s: $curl_wall,
