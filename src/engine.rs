@@ -11,8 +11,9 @@
 //! - shutdown (cancellation) stops intake, lets in-flight uploads finish within the grace period,
 //!   flushes the ledger, and joins every task, inspecting its result.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -34,7 +35,9 @@ use crate::queue::{Keyed, Queue};
 use crate::report::Row;
 use crate::resolve::{self, Outcome, MAX_PER_REQUEST};
 use crate::source::{self, FileEntry, Found};
-use crate::state::{now_ms, CachedResolution, FailureClass, Ledger, Op, Snapshot, StateError};
+use crate::state::{
+    now_ms, CachedResolution, ContentHash, FailureClass, FastHash, Ledger, Op, Snapshot, StateError,
+};
 use crate::stats::{Failure, Stats};
 
 /// Files larger than this are not photos; they are refused without being read.
@@ -334,8 +337,8 @@ impl Engine {
             snapshot: &snapshot,
             opts,
             policy_now: now_ms(),
-            seen: HashMap::new(),
-            seen_paths: HashSet::new(),
+            seen: HashMap::default(),
+            seen_paths: HashSet::default(),
             whole_tree,
             root_files: vec![None; self.shared.cfg.sources.len()],
             gone: Vec::new(),
@@ -348,7 +351,12 @@ impl Engine {
         if opts.order == Order::NewestFirst {
             rx = planner.newest_first(rx).await;
         }
-        let max_reads = std::thread::available_parallelism().map_or(2, std::num::NonZero::get) * 2;
+        // A budget spends itself in the order reads finish: one at a time keeps it newest first.
+        let max_reads = if opts.max_uploads.is_some() {
+            1
+        } else {
+            std::thread::available_parallelism().map_or(2, std::num::NonZero::get) * 2
+        };
         let mut reads = FuturesUnordered::new();
         let mut walking = true;
         while walking || !reads.is_empty() {
@@ -647,17 +655,23 @@ fn panic_message(e: tokio::task::JoinError) -> String {
     }
 }
 
-type ReadResult = (FileEntry, Target, Result<(Bytes, String), std::io::Error>);
+type ReadResult = (
+    FileEntry,
+    Target,
+    Result<(Bytes, ContentHash), std::io::Error>,
+);
 
 struct Planner<'a> {
     shared: &'a Arc<Shared>,
     snapshot: &'a Snapshot,
     opts: PassOptions,
     policy_now: i64,
-    /// Targets seen in this pass, with the file that claimed each (for conflicts).
-    seen: HashMap<String, (i64, PathBuf)>,
-    /// Every photo path seen in a whole-tree pass (what the ledger knows beyond it is gone).
-    seen_paths: HashSet<String>,
+    /// Targets seen in this pass, with the file that claimed each (for conflicts); borrowed
+    /// from the snapshot where it knows them, so that most claims cost no allocation.
+    seen: HashMap<Cow<'a, str>, (i64, Cow<'a, Path>), FastHash>,
+    /// Every known photo path seen in a whole-tree pass (what the ledger knows beyond it is
+    /// gone), borrowed from the snapshot.
+    seen_paths: HashSet<&'a str, FastHash>,
     whole_tree: bool,
     /// Files found under each root, once its walk finished.
     root_files: Vec<Option<u64>>,
@@ -674,7 +688,7 @@ struct Planner<'a> {
     uploads_queued: u64,
 }
 
-impl Planner<'_> {
+impl<'a> Planner<'a> {
     fn policy(&self) -> Policy<'_> {
         Policy {
             fingerprint: &self.shared.fingerprint,
@@ -935,8 +949,13 @@ impl Planner<'_> {
         Stats::add(&stats.files, 1);
         let key = target.key();
         if self.whole_tree {
-            if let Some(p) = entry.path.to_str() {
-                self.seen_paths.insert(p.to_owned());
+            let snapshot: &'a Snapshot = self.snapshot;
+            if let Some((p, _)) = entry
+                .path
+                .to_str()
+                .and_then(|p| snapshot.files.get_key_value(p))
+            {
+                self.seen_paths.insert(p);
             }
         }
         if self.loses_conflict(&key, &entry) {
@@ -970,7 +989,7 @@ impl Planner<'_> {
         }
         let known = Known {
             file: self.snapshot.files.get(path),
-            target: self.snapshot.targets.get(&key),
+            target: self.snapshot.targets.get(key.as_str()),
         };
         match plan::quick(&known, &key, entry.size, entry.mtime_ns, &self.policy()) {
             Quick::Unchanged => {
@@ -988,7 +1007,7 @@ impl Planner<'_> {
             }
             Quick::Read => Some(tokio::task::spawn_blocking(move || {
                 let read = std::fs::read(&entry.path).map(|b| {
-                    let hash = blake3::hash(&b).to_hex().to_string();
+                    let hash = blake3::hash(&b);
                     (Bytes::from(b), hash)
                 });
                 (entry, target, read)
@@ -999,8 +1018,10 @@ impl Planner<'_> {
     /// Two files for one target: the newest wins (ties: the greater path), the other is skipped
     /// and reported. Looks at files seen in this pass and at files the ledger knows.
     fn loses_conflict(&mut self, key: &str, entry: &FileEntry) -> bool {
-        let mine = (entry.mtime_ns, entry.path.clone());
-        let mut rival: Option<(i64, PathBuf)> = self.seen.get(key).cloned();
+        let mut rival: Option<(i64, PathBuf)> = self
+            .seen
+            .get(key)
+            .map(|(mtime, path)| (*mtime, path.to_path_buf()));
         for other in self.snapshot.files_of(key) {
             let other = PathBuf::from(other);
             if other == entry.path || rival.as_ref().is_some_and(|r| r.1 == other) {
@@ -1014,9 +1035,11 @@ impl Planner<'_> {
             }
         }
         let Some(rival) = rival else {
-            self.seen.insert(key.to_owned(), mine);
+            let (key, claim) = self.claim(key, entry);
+            self.seen.insert(key, claim);
             return false;
         };
+        let mine = (entry.mtime_ns, entry.path.clone());
         if rival > mine {
             self.remember_loser(entry, key);
             self.row(
@@ -1033,7 +1056,8 @@ impl Planner<'_> {
                 "two files name one target; the newest wins"
             );
             self.shared.stats.skip("conflict");
-            self.seen.insert(key.to_owned(), rival);
+            self.seen
+                .insert(key.to_owned().into(), (rival.0, rival.1.into()));
             true
         } else {
             if rival.1 != mine.1 {
@@ -1045,9 +1069,28 @@ impl Planner<'_> {
                 );
                 self.shared.stats.skip("conflict");
             }
-            self.seen.insert(key.to_owned(), mine);
+            self.seen
+                .insert(key.to_owned().into(), (mine.0, mine.1.into()));
             false
         }
+    }
+
+    /// This pass's claim of `key` by `entry`, borrowed from the snapshot when it knows both.
+    fn claim(&self, key: &str, entry: &FileEntry) -> (Cow<'a, str>, (i64, Cow<'a, Path>)) {
+        let snapshot: &'a Snapshot = self.snapshot;
+        let key = snapshot
+            .targets
+            .get_key_value(key)
+            .map_or_else(|| key.to_owned().into(), |(k, _)| Cow::Borrowed(&**k));
+        let path = entry
+            .path
+            .to_str()
+            .and_then(|p| snapshot.files.get_key_value(p))
+            .map_or_else(
+                || entry.path.clone().into(),
+                |(p, _)| Cow::Borrowed(Path::new(&**p)),
+            );
+        (key, (entry.mtime_ns, path))
     }
 
     fn on_gone(&mut self, source: usize, path: &std::path::Path) {
@@ -1075,8 +1118,8 @@ impl Planner<'_> {
                     continue;
                 };
                 // Only roots whose walk completed can say a file is gone.
-                if self.root_files[n].is_some() && !self.seen_paths.contains(path) {
-                    self.gone.push((n, path.clone()));
+                if self.root_files[n].is_some() && !self.seen_paths.contains(&**path) {
+                    self.gone.push((n, path.to_string()));
                 }
             }
         }
@@ -1090,17 +1133,17 @@ impl Planner<'_> {
             let Some(key) = self
                 .snapshot
                 .files
-                .get(path)
-                .and_then(|f| f.target_key.clone())
+                .get(path.as_str())
+                .and_then(|f| f.target_key.as_deref().map(str::to_owned))
             else {
                 continue;
             };
             let synced =
-                self.snapshot.targets.get(&key).is_some_and(|t| {
+                self.snapshot.targets.get(key.as_str()).is_some_and(|t| {
                     t.state == "synced" && t.path.as_deref() == Some(path.as_str())
                 });
             // Another file still names this target (a conflict, or a rename within it).
-            let still_named = self.seen.contains_key(&key)
+            let still_named = self.seen.contains_key(key.as_str())
                 || self
                     .snapshot
                     .files_of(&key)
@@ -1270,8 +1313,9 @@ impl Planner<'_> {
             path: path.to_owned(),
             target: Some(key.to_owned()),
             reason: t
-                .and_then(|t| t.error_reason.clone())
-                .unwrap_or_else(|| "failed".into()),
+                .and_then(|t| t.error_reason.as_deref())
+                .unwrap_or("failed")
+                .to_owned(),
             message: "failed before with this exact content; not retried until the file changes or `photosync retry`".into(),
             code: None,
             request_id: None,
@@ -1292,7 +1336,11 @@ impl Planner<'_> {
         let key = target.key();
         // Reads finish in any order: a file that lost a conflict while it was being read must
         // not be queued after the winner (it would replace the newer photo). Already reported.
-        if self.seen.get(&key).is_some_and(|(_, p)| *p != entry.path) {
+        if self
+            .seen
+            .get(key.as_str())
+            .is_some_and(|(_, p)| *p != entry.path)
+        {
             self.remember_loser(&entry, &key);
             self.send_deferred().await;
             return;
@@ -1320,13 +1368,17 @@ impl Planner<'_> {
                 source: self.source(entry.source).root.display().to_string(),
                 size: entry.size as i64,
                 mtime_ns: entry.mtime_ns,
-                content_hash: Some(hash.clone()),
+                content_hash: Some(hash.to_hex().to_string()),
                 target_key: Some(key.clone()),
                 now: now_ms(),
             })
             .await;
         }
-        match plan::after_hash(self.snapshot.targets.get(&key), &hash, &self.policy()) {
+        match plan::after_hash(
+            self.snapshot.targets.get(key.as_str()),
+            &hash,
+            &self.policy(),
+        ) {
             Decision::Unchanged => {
                 Stats::add(&stats.unchanged, 1);
                 self.row(&path, &key, "none", "unchanged", entry.size);
@@ -1346,7 +1398,7 @@ impl Planner<'_> {
                     key,
                     path,
                     action: Action::Upload {
-                        hash,
+                        hash: hash.to_hex().to_string(),
                         bytes,
                         reason,
                         _memory: memory,
@@ -1425,7 +1477,8 @@ impl Planner<'_> {
     }
 }
 
-/// Runs the image pipeline on the blocking pool, at most one image per core at a time.
+/// Runs the image pipeline on the blocking pool, at most one image per core at a time; a
+/// header-only pipeline (passthrough) runs in place, as a hop to the pool would cost more.
 async fn run_pipeline(shared: &Arc<Shared>, bytes: Bytes) -> Result<Processed, Failure> {
     let local = |reason: &str, message: String| Failure {
         path: String::new(),
@@ -1435,13 +1488,17 @@ async fn run_pipeline(shared: &Arc<Shared>, bytes: Bytes) -> Result<Processed, F
         code: None,
         request_id: None,
     };
-    let Ok(_slot) = shared.image_slots.acquire().await else {
-        return Err(local("cancelled", "shutting down".into()));
+    let processed = if shared.pipeline.is_header_only() {
+        shared.pipeline.process_shared(&bytes)
+    } else {
+        let Ok(_slot) = shared.image_slots.acquire().await else {
+            return Err(local("cancelled", "shutting down".into()));
+        };
+        let s = shared.clone();
+        tokio::task::spawn_blocking(move || s.pipeline.process_shared(&bytes))
+            .await
+            .map_err(|e| local("panic", format!("image pipeline panicked: {e}")))?
     };
-    let s = shared.clone();
-    let processed = tokio::task::spawn_blocking(move || s.pipeline.process(&bytes))
-        .await
-        .map_err(|e| local("panic", format!("image pipeline panicked: {e}")))?;
     match processed {
         Ok(p) if p.bytes.len() > MAX_UPLOAD_BYTES => Err(local(
             "too_large",
@@ -1700,6 +1757,7 @@ where
                 tracing::warn!(
                     status = e.status().unwrap_or(0),
                     retry_after_ms = wait.as_millis() as u64,
+                    rate_per_s = shared.limiter.current_rate(),
                     request_id = e.request_id().unwrap_or(""),
                     "throttled; every worker pauses"
                 );

@@ -8,7 +8,7 @@
 //!    operator runs `retry`.
 //! 4. Everything else → upload, with the reason (new, changed, forced, pipeline changed, retry).
 
-use crate::state::{FileRow, TargetRow};
+use crate::state::{ContentHash, FileRow, TargetRow};
 
 /// Why a photo is uploaded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,10 +75,10 @@ pub fn quick(
     let same_stat = file.size == size as i64
         && file.mtime_ns == mtime_ns
         && file.target_key.as_deref() == Some(target_key);
-    let (Some(hash), true) = (file.content_hash.as_deref(), same_stat) else {
+    let (Some(hash), true) = (file.content_hash, same_stat) else {
         return Quick::Read;
     };
-    match after_hash(known.target, hash, policy) {
+    match after_hash(known.target, &hash, policy) {
         Decision::Unchanged => Quick::Unchanged,
         Decision::KnownBad => Quick::KnownBad,
         Decision::NotDue => Quick::NotDue,
@@ -95,7 +95,7 @@ pub enum Decision {
     Upload(Reason),
 }
 
-pub fn after_hash(target: Option<&TargetRow>, hash: &str, policy: &Policy<'_>) -> Decision {
+pub fn after_hash(target: Option<&TargetRow>, hash: &ContentHash, policy: &Policy<'_>) -> Decision {
     if policy.force {
         return Decision::Upload(Reason::Forced);
     }
@@ -103,16 +103,16 @@ pub fn after_hash(target: Option<&TargetRow>, hash: &str, policy: &Policy<'_>) -
         return Decision::Upload(Reason::New);
     };
     let fp = Some(policy.fingerprint);
-    if t.state == "synced" && t.last_hash.as_deref() == Some(hash) {
+    if t.state == "synced" && t.last_hash.as_ref() == Some(hash) {
         return if t.last_fingerprint.as_deref() == fp {
             Decision::Unchanged
         } else {
             Decision::Upload(Reason::PipelineChanged)
         };
     }
-    if t.state == "failed" && t.failed_hash.as_deref() == Some(hash) {
+    if t.state == "failed" && t.failed_hash.as_ref() == Some(hash) {
         let same_fp = t.failed_fingerprint.as_deref() == fp;
-        match t.error_class.as_deref() {
+        match t.error_class {
             Some("permanent" | "local") if same_fp => return Decision::KnownBad,
             Some("transient")
                 if same_fp
@@ -124,7 +124,7 @@ pub fn after_hash(target: Option<&TargetRow>, hash: &str, policy: &Policy<'_>) -
             _ => return Decision::Upload(Reason::Retry),
         }
     }
-    if t.state == "parked" && t.failed_hash.as_deref() == Some(hash) {
+    if t.state == "parked" && t.failed_hash.as_ref() == Some(hash) {
         // The user did not exist at the last lookup: look again when due (a backfill: now).
         if !policy.retry_transient_now && t.next_attempt_at.is_some_and(|at| at > policy.now_ms) {
             return Decision::NotDue;
@@ -145,6 +145,10 @@ pub fn after_hash(target: Option<&TargetRow>, hash: &str, policy: &Policy<'_>) -
 mod tests {
     use super::*;
 
+    fn h(content: &str) -> ContentHash {
+        blake3::hash(content.as_bytes())
+    }
+
     fn policy(force: bool) -> Policy<'static> {
         Policy {
             fingerprint: "fp1",
@@ -156,8 +160,8 @@ mod tests {
 
     fn synced(hash: &str, fp: &str) -> TargetRow {
         TargetRow {
-            state: "synced".into(),
-            last_hash: Some(hash.into()),
+            state: "synced",
+            last_hash: Some(h(hash)),
             last_fingerprint: Some(fp.into()),
             ..TargetRow::default()
         }
@@ -168,7 +172,7 @@ mod tests {
             source: std::sync::Arc::from("/r"),
             size,
             mtime_ns: mtime,
-            content_hash: Some(hash.into()),
+            content_hash: Some(h(hash)),
             target_key: Some("user:a@x".into()),
         }
     }
@@ -194,52 +198,52 @@ mod tests {
     fn hash_decides_after_a_touch() {
         let t = synced("h", "fp1");
         assert_eq!(
-            after_hash(Some(&t), "h", &policy(false)),
+            after_hash(Some(&t), &h("h"), &policy(false)),
             Decision::Unchanged
         );
         assert_eq!(
-            after_hash(Some(&t), "h2", &policy(false)),
+            after_hash(Some(&t), &h("h2"), &policy(false)),
             Decision::Upload(Reason::Changed)
         );
         assert_eq!(
-            after_hash(Some(&synced("h", "fp0")), "h", &policy(false)),
+            after_hash(Some(&synced("h", "fp0")), &h("h"), &policy(false)),
             Decision::Upload(Reason::PipelineChanged)
         );
         assert_eq!(
-            after_hash(None, "h", &policy(false)),
+            after_hash(None, &h("h"), &policy(false)),
             Decision::Upload(Reason::New)
         );
         assert_eq!(
-            after_hash(Some(&t), "h", &policy(true)),
+            after_hash(Some(&t), &h("h"), &policy(true)),
             Decision::Upload(Reason::Forced)
         );
     }
 
     #[test]
     fn failures_are_skipped_or_retried_by_class() {
-        let failed = |class: &str, next: Option<i64>| TargetRow {
-            state: "failed".into(),
-            failed_hash: Some("h".into()),
+        let failed = |class: &'static str, next: Option<i64>| TargetRow {
+            state: "failed",
+            failed_hash: Some(h("h")),
             failed_fingerprint: Some("fp1".into()),
-            error_class: Some(class.into()),
+            error_class: Some(class),
             next_attempt_at: next,
             ..TargetRow::default()
         };
         let p = policy(false);
         assert_eq!(
-            after_hash(Some(&failed("permanent", None)), "h", &p),
+            after_hash(Some(&failed("permanent", None)), &h("h"), &p),
             Decision::KnownBad
         );
         assert_eq!(
-            after_hash(Some(&failed("permanent", None)), "h2", &p),
+            after_hash(Some(&failed("permanent", None)), &h("h2"), &p),
             Decision::Upload(Reason::New)
         );
         assert_eq!(
-            after_hash(Some(&failed("transient", Some(2000))), "h", &p),
+            after_hash(Some(&failed("transient", Some(2000))), &h("h"), &p),
             Decision::NotDue
         );
         assert_eq!(
-            after_hash(Some(&failed("transient", Some(500))), "h", &p),
+            after_hash(Some(&failed("transient", Some(500))), &h("h"), &p),
             Decision::Upload(Reason::Retry)
         );
         let now = Policy {
@@ -247,7 +251,7 @@ mod tests {
             ..policy(false)
         };
         assert_eq!(
-            after_hash(Some(&failed("transient", Some(2000))), "h", &now),
+            after_hash(Some(&failed("transient", Some(2000))), &h("h"), &now),
             Decision::Upload(Reason::Retry)
         );
     }

@@ -6,14 +6,16 @@
 //! - writes are applied in batches, each batch one transaction (WAL, `synchronous = NORMAL`), so
 //!   a crash loses at most the batch being written: the next run redoes those uploads, which is
 //!   safe because a photo upload is idempotent;
-//! - the planner reads a [`Snapshot`] loaded in one query per table, never a query per file.
+//! - the planner reads a [`Snapshot`] loaded in a few queries per table, never a query per file.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
 
@@ -48,36 +50,48 @@ pub enum StateError {
     Query(#[from] sqlx::Error),
 }
 
-/// What the ledger remembers of one file.
+/// The hasher of the planner's maps: SipHash's resistance to crafted keys buys nothing for
+/// paths and target keys from our own tree, and hashing them was a tenth of a rescan's CPU.
+pub type FastHash = foldhash::fast::RandomState;
+
+/// A file's content hash (BLAKE3), as the ledger stores it in hex.
+pub type ContentHash = blake3::Hash;
+
+/// What the ledger remembers of one file. Kept small: a snapshot holds one per photo file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileRow {
     /// The source root it was found under (shared between rows: there are only a few roots).
-    pub source: std::sync::Arc<str>,
+    pub source: Arc<str>,
     pub size: i64,
     pub mtime_ns: i64,
-    pub content_hash: Option<String>,
-    pub target_key: Option<String>,
+    pub content_hash: Option<ContentHash>,
+    /// Shared with the key of the target's row.
+    pub target_key: Option<Arc<str>>,
 }
 
 /// What the ledger remembers of one target.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TargetRow {
-    pub state: String,
-    pub path: Option<String>,
-    pub last_hash: Option<String>,
-    pub last_fingerprint: Option<String>,
-    pub failed_hash: Option<String>,
-    pub failed_fingerprint: Option<String>,
-    pub error_class: Option<String>,
-    pub error_reason: Option<String>,
+    /// `synced`, `pending`, `failed`, `parked` or `deleted`.
+    pub state: &'static str,
+    /// Shared with the key of the file's row when it is the same path.
+    pub path: Option<Arc<str>>,
+    pub last_hash: Option<ContentHash>,
+    /// Shared between rows (a fingerprint names a pipeline setting; there are only a few).
+    pub last_fingerprint: Option<Arc<str>>,
+    pub failed_hash: Option<ContentHash>,
+    pub failed_fingerprint: Option<Arc<str>>,
+    /// `transient`, `permanent` or `local`.
+    pub error_class: Option<&'static str>,
+    pub error_reason: Option<Box<str>>,
     pub next_attempt_at: Option<i64>,
 }
 
 /// The whole ledger as the planner needs it, loaded at the start of a pass.
 #[derive(Debug, Default)]
 pub struct Snapshot {
-    pub files: HashMap<String, FileRow>,
-    pub targets: HashMap<String, TargetRow>,
+    pub files: HashMap<Arc<str>, FileRow, FastHash>,
+    pub targets: HashMap<Arc<str>, TargetRow, FastHash>,
     /// Targets that more than one known file maps to, with those files: the only ones where a
     /// conflict has to be looked at.
     pub shared_targets: HashMap<String, Vec<String>>,
@@ -90,6 +104,91 @@ impl Snapshot {
             .get(target_key)
             .map_or(&[], Vec::as_slice)
     }
+}
+
+/// Rows travel from SQLite as JSON arrays of this many rows: one sqlx row per chunk instead of
+/// one per file, which is what made loading 100,000 rows take seconds.
+const SNAPSHOT_CHUNK: i64 = 4096;
+
+#[derive(serde::Deserialize)]
+struct FileJson<'a> {
+    #[serde(borrow)]
+    path: Cow<'a, str>,
+    #[serde(borrow)]
+    source: Cow<'a, str>,
+    size: i64,
+    mtime_ns: i64,
+    #[serde(borrow)]
+    content_hash: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    target_key: Option<Cow<'a, str>>,
+}
+
+#[derive(serde::Deserialize)]
+struct TargetJson<'a> {
+    #[serde(borrow)]
+    target_key: Cow<'a, str>,
+    #[serde(borrow)]
+    state: Cow<'a, str>,
+    #[serde(borrow)]
+    path: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    last_hash: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    last_fingerprint: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    failed_hash: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    failed_fingerprint: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    error_class: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    error_reason: Option<Cow<'a, str>>,
+    next_attempt_at: Option<i64>,
+}
+
+/// One `Arc<str>` per distinct value, for columns with only a few.
+#[derive(Default)]
+struct Interner(HashMap<Box<str>, Arc<str>>);
+
+impl Interner {
+    fn get(&mut self, s: &str) -> Arc<str> {
+        if let Some(a) = self.0.get(s) {
+            return a.clone();
+        }
+        let a: Arc<str> = s.into();
+        self.0.insert(s.into(), a.clone());
+        a
+    }
+}
+
+/// A hash as stored; anything that is not one reads as unknown (the file is hashed again).
+fn parse_hash(hex: Option<&str>) -> Option<ContentHash> {
+    hex.and_then(|h| blake3::Hash::from_hex(h).ok())
+}
+
+fn target_state(s: &str) -> &'static str {
+    match s {
+        "synced" => "synced",
+        "pending" => "pending",
+        "failed" => "failed",
+        "parked" => "parked",
+        "deleted" => "deleted",
+        _ => "unknown",
+    }
+}
+
+fn error_class(s: &str) -> &'static str {
+    match s {
+        "transient" => "transient",
+        "permanent" => "permanent",
+        "local" => "local",
+        _ => "unknown",
+    }
+}
+
+fn corrupt(e: &serde_json::Error) -> StateError {
+    StateError::Query(sqlx::Error::Decode(format!("ledger snapshot: {e}").into()))
 }
 
 /// The outcome of an attempt, as the ledger records it.
@@ -284,154 +383,126 @@ impl Ledger {
         self.pool.close().await;
     }
 
-    /// Loads everything the planner compares against, in two queries.
+    /// Loads everything the planner compares against: targets first, so that files can share
+    /// their path and target key allocations.
     pub async fn snapshot(&self) -> Result<Snapshot, StateError> {
         let mut snap = Snapshot::default();
-        let files: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM files")
-            .fetch_one(&self.pool)
-            .await?;
+        let (files, targets, files_end, targets_end): (i64, i64, i64, i64) = sqlx::query_as(
+            "SELECT (SELECT COUNT(*) FROM files), (SELECT COUNT(*) FROM targets),
+                    (SELECT IFNULL(MAX(rowid), 0) FROM files),
+                    (SELECT IFNULL(MAX(rowid), 0) FROM targets)",
+        )
+        .fetch_one(&self.pool)
+        .await?;
         snap.files.reserve(usize::try_from(files).unwrap_or(0));
-        let mut roots: HashMap<String, std::sync::Arc<str>> = HashMap::new();
-        // Streamed row by row: materialising 100,000 rows at once would double peak memory.
-        let mut rows =
-            sqlx::query("SELECT path, source, size, mtime_ns, content_hash, target_key FROM files")
-                .fetch(&self.pool);
-        while let Some(r) = rows.try_next().await? {
-            let source: String = r.get(1);
-            let source = roots
-                .entry(source)
-                .or_insert_with_key(|s| s.as_str().into())
-                .clone();
-            snap.files.insert(
-                r.get(0),
-                FileRow {
-                    source,
-                    size: r.get(2),
-                    mtime_ns: r.get(3),
-                    content_hash: r.get(4),
-                    target_key: r.get(5),
-                },
-            );
-        }
-        drop(rows);
-        let mut by_target: HashMap<&str, Vec<&str>> = HashMap::new();
-        for (p, f) in &snap.files {
-            if let Some(t) = &f.target_key {
-                by_target.entry(t).or_default().push(p);
+        snap.targets.reserve(usize::try_from(targets).unwrap_or(0));
+        let mut fingerprints = Interner::default();
+        let mut chunks = self.chunks(
+            "SELECT json_group_array(json_array(target_key, state, path, last_hash,
+               last_fingerprint, failed_hash, failed_fingerprint, error_class, error_reason,
+               next_attempt_at))
+             FROM targets WHERE rowid >= ?1 AND rowid < ?2",
+            targets_end,
+        );
+        while let Some(chunk) = chunks.try_next().await? {
+            let rows: Vec<TargetJson<'_>> =
+                serde_json::from_str(&chunk).map_err(|e| corrupt(&e))?;
+            for r in rows {
+                snap.targets.insert(
+                    r.target_key.as_ref().into(),
+                    TargetRow {
+                        state: target_state(&r.state),
+                        path: r.path.as_deref().map(Into::into),
+                        last_hash: parse_hash(r.last_hash.as_deref()),
+                        last_fingerprint: r.last_fingerprint.map(|f| fingerprints.get(&f)),
+                        failed_hash: parse_hash(r.failed_hash.as_deref()),
+                        failed_fingerprint: r.failed_fingerprint.map(|f| fingerprints.get(&f)),
+                        error_class: r.error_class.as_deref().map(error_class),
+                        error_reason: r.error_reason.as_deref().map(Into::into),
+                        next_attempt_at: r.next_attempt_at,
+                    },
+                );
             }
         }
-        snap.shared_targets = by_target
-            .into_iter()
-            .filter(|(_, v)| v.len() > 1)
-            .map(|(k, v)| (k.to_owned(), v.into_iter().map(str::to_owned).collect()))
-            .collect();
-        let mut rows = sqlx::query(
-            "SELECT target_key, state, path, last_hash, last_fingerprint, failed_hash,
-                    failed_fingerprint, error_class, error_reason, next_attempt_at FROM targets",
+        drop(chunks);
+        let mut roots = Interner::default();
+        let mut chunks = self.chunks(
+            "SELECT json_group_array(json_array(path, source, size, mtime_ns, content_hash,
+               target_key))
+             FROM files WHERE rowid >= ?1 AND rowid < ?2",
+            files_end,
+        );
+        while let Some(chunk) = chunks.try_next().await? {
+            let rows: Vec<FileJson<'_>> = serde_json::from_str(&chunk).map_err(|e| corrupt(&e))?;
+            for r in rows {
+                let target = r
+                    .target_key
+                    .as_deref()
+                    .and_then(|k| snap.targets.get_key_value(k));
+                let path = match target.and_then(|(_, t)| t.path.as_ref()) {
+                    Some(p) if **p == *r.path => p.clone(),
+                    _ => r.path.as_ref().into(),
+                };
+                let target_key = match target {
+                    Some((k, _)) => Some(k.clone()),
+                    None => r.target_key.as_deref().map(Into::into),
+                };
+                snap.files.insert(
+                    path,
+                    FileRow {
+                        source: roots.get(&r.source),
+                        size: r.size,
+                        mtime_ns: r.mtime_ns,
+                        content_hash: parse_hash(r.content_hash.as_deref()),
+                        target_key,
+                    },
+                );
+            }
+        }
+        drop(chunks);
+        let mut shared = sqlx::query_as::<_, (String, String)>(
+            "SELECT target_key, path FROM files WHERE target_key IN
+               (SELECT target_key FROM files WHERE target_key IS NOT NULL
+                GROUP BY target_key HAVING COUNT(*) > 1)",
         )
         .fetch(&self.pool);
-        while let Some(r) = rows.try_next().await? {
-            snap.targets.insert(
-                r.get(0),
-                TargetRow {
-                    state: r.get(1),
-                    path: r.get(2),
-                    last_hash: r.get(3),
-                    last_fingerprint: r.get(4),
-                    failed_hash: r.get(5),
-                    failed_fingerprint: r.get(6),
-                    error_class: r.get(7),
-                    error_reason: r.get(8),
-                    next_attempt_at: r.get(9),
-                },
-            );
+        while let Some((key, path)) = shared.try_next().await? {
+            snap.shared_targets.entry(key).or_default().push(path);
         }
         Ok(snap)
+    }
+
+    /// The rows of `sql` (one JSON array, from rowid ?1 to before ?2) for rowids up to `end`, in
+    /// chunks. Two chunks are in flight at once, so that SQLite builds the next chunk on its
+    /// thread while this one parses the last.
+    fn chunks<'q>(
+        &'q self,
+        sql: &'q str,
+        end: i64,
+    ) -> impl futures::Stream<Item = Result<String, sqlx::Error>> + 'q {
+        let starts = (0..=end / SNAPSHOT_CHUNK).map(|k| k * SNAPSHOT_CHUNK);
+        futures::stream::iter(starts)
+            .map(move |start| {
+                sqlx::query_scalar(sql)
+                    .bind(start)
+                    .bind(start + SNAPSHOT_CHUNK)
+                    .fetch_one(&self.pool)
+            })
+            .buffered(2)
     }
 
     /// Applies a batch in one transaction.
     pub async fn apply(&self, ops: &[Op]) -> Result<(), StateError> {
         let mut tx = self.pool.begin().await?;
+        let mut bulk = Bulk::default();
         for op in ops {
+            if bulk.gather(op) {
+                continue;
+            }
+            bulk.write(&mut tx).await?;
             match op {
-                Op::File {
-                    path,
-                    source,
-                    size,
-                    mtime_ns,
-                    content_hash,
-                    target_key,
-                    now,
-                } => {
-                    sqlx::query(
-                        "INSERT INTO files (path, source, size, mtime_ns, content_hash, target_key, last_seen)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-                         ON CONFLICT (path) DO UPDATE SET source = ?2, size = ?3, mtime_ns = ?4,
-                           content_hash = ?5, target_key = ?6, last_seen = ?7",
-                    )
-                    .bind(path)
-                    .bind(source)
-                    .bind(size)
-                    .bind(mtime_ns)
-                    .bind(content_hash)
-                    .bind(target_key)
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await?;
-                }
-                Op::Uploaded {
-                    target_key,
-                    kind,
-                    path,
-                    content_hash,
-                    fingerprint,
-                    bytes,
-                    http_status,
-                    request_id,
-                    client_request_id,
-                    action,
-                    now,
-                } => {
-                    sqlx::query(
-                        "INSERT INTO targets (target_key, kind, state, path, last_hash, last_fingerprint,
-                           last_uploaded_at, last_request_id, attempts, updated_at)
-                         VALUES (?1, ?2, 'synced', ?3, ?4, ?5, ?6, ?7, 0, ?6)
-                         ON CONFLICT (target_key) DO UPDATE SET state = 'synced', path = ?3,
-                           last_hash = ?4, last_fingerprint = ?5, last_uploaded_at = ?6,
-                           last_request_id = ?7, attempts = 0, next_attempt_at = NULL,
-                           parked_since = NULL,
-                           failed_hash = NULL, failed_fingerprint = NULL, error_class = NULL,
-                           error_reason = NULL, error_status = NULL, error_code = NULL,
-                           error_message = NULL, error_request_id = NULL, error_at = NULL,
-                           updated_at = ?6",
-                    )
-                    .bind(target_key)
-                    .bind(kind)
-                    .bind(path)
-                    .bind(content_hash)
-                    .bind(fingerprint)
-                    .bind(now)
-                    .bind(request_id)
-                    .execute(&mut *tx)
-                    .await?;
-                    sqlx::query(
-                        "INSERT INTO uploads (at, target_key, path, content_hash, fingerprint, bytes,
-                           action, result, http_status, request_id, client_request_id)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'ok', ?8, ?9, ?10)",
-                    )
-                    .bind(now)
-                    .bind(target_key)
-                    .bind(path)
-                    .bind(content_hash)
-                    .bind(fingerprint)
-                    .bind(bytes)
-                    .bind(action)
-                    .bind(i64::from(*http_status))
-                    .bind(request_id)
-                    .bind(client_request_id)
-                    .execute(&mut *tx)
-                    .await?;
-                }
+                // Gathered by `bulk` above.
+                Op::File { .. } | Op::Uploaded { .. } => {}
                 Op::ForgetFile { path } => {
                     sqlx::query("DELETE FROM files WHERE path = ?1")
                         .bind(path)
@@ -599,6 +670,7 @@ impl Ledger {
                 }
             }
         }
+        bulk.write(&mut tx).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -610,6 +682,184 @@ impl Ledger {
             .await?;
         Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
+}
+
+/// Files seen, uploads done and their read-back etags, the bulk of every batch, gathered to be
+/// written with one statement per table (rows passed as one JSON array): each statement is a
+/// round trip to sqlx's SQLite thread, which cost more than the row itself. Files and uploads
+/// touch different tables, so they commute; every other op writes what was gathered before it,
+/// keeping the batch's order.
+#[derive(Default)]
+struct Bulk<'a> {
+    files: Vec<FileRowJson<'a>>,
+    uploads: Vec<UploadRow<'a>>,
+    /// target_key, media_etag, graph_id: written after the uploads (the read-back follows its
+    /// upload), which they commute with otherwise (an upload leaves both columns alone).
+    etags: Vec<(&'a str, Option<&'a str>, Option<&'a str>)>,
+}
+
+/// path, source, size, mtime_ns, content_hash, target_key, now
+type FileRowJson<'a> = (
+    &'a str,
+    &'a str,
+    i64,
+    i64,
+    Option<&'a str>,
+    Option<&'a str>,
+    i64,
+);
+
+/// target_key, kind, path, content_hash, fingerprint, now, request_id, bytes, action,
+/// http_status, client_request_id
+type UploadRow<'a> = (
+    &'a str,
+    &'a str,
+    &'a str,
+    &'a str,
+    &'a str,
+    i64,
+    Option<&'a str>,
+    i64,
+    &'a str,
+    u16,
+    Option<&'a str>,
+);
+
+impl<'a> Bulk<'a> {
+    /// Takes `op` when it is one of the gathered kinds.
+    fn gather(&mut self, op: &'a Op) -> bool {
+        match op {
+            Op::File {
+                path,
+                source,
+                size,
+                mtime_ns,
+                content_hash,
+                target_key,
+                now,
+            } => self.files.push((
+                path,
+                source,
+                *size,
+                *mtime_ns,
+                content_hash.as_deref(),
+                target_key.as_deref(),
+                *now,
+            )),
+            Op::Uploaded {
+                target_key,
+                kind,
+                path,
+                content_hash,
+                fingerprint,
+                bytes,
+                http_status,
+                request_id,
+                client_request_id,
+                action,
+                now,
+            } => self.uploads.push((
+                target_key,
+                kind,
+                path,
+                content_hash,
+                fingerprint,
+                *now,
+                request_id.as_deref(),
+                *bytes,
+                action,
+                *http_status,
+                client_request_id.as_deref(),
+            )),
+            Op::Etag {
+                target_key,
+                graph_id,
+                media_etag,
+            } => self
+                .etags
+                .push((target_key, media_etag.as_deref(), graph_id.as_deref())),
+            _ => return false,
+        }
+        true
+    }
+
+    async fn write(&mut self, tx: &mut sqlx::SqliteConnection) -> Result<(), StateError> {
+        // json_each yields the array in order, and ORDER BY key keeps it so: a path or target
+        // that appears twice ends with its later row, and history ids follow the batch.
+        if !self.files.is_empty() {
+            sqlx::query(
+                "INSERT INTO files (path, source, size, mtime_ns, content_hash, target_key, last_seen)
+                 SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4,
+                        value ->> 5, value ->> 6
+                 FROM json_each(?1) WHERE true ORDER BY key
+                 ON CONFLICT (path) DO UPDATE SET source = excluded.source, size = excluded.size,
+                   mtime_ns = excluded.mtime_ns, content_hash = excluded.content_hash,
+                   target_key = excluded.target_key, last_seen = excluded.last_seen",
+            )
+            .bind(json(&self.files))
+            .execute(&mut *tx)
+            .await?;
+            self.files.clear();
+        }
+        if !self.uploads.is_empty() {
+            let rows = json(&self.uploads);
+            sqlx::query(
+                "INSERT INTO targets (target_key, kind, state, path, last_hash, last_fingerprint,
+                   last_uploaded_at, last_request_id, attempts, updated_at)
+                 SELECT value ->> 0, value ->> 1, 'synced', value ->> 2, value ->> 3, value ->> 4,
+                        value ->> 5, value ->> 6, 0, value ->> 5
+                 FROM json_each(?1) WHERE true ORDER BY key
+                 ON CONFLICT (target_key) DO UPDATE SET state = 'synced', path = excluded.path,
+                   last_hash = excluded.last_hash, last_fingerprint = excluded.last_fingerprint,
+                   last_uploaded_at = excluded.last_uploaded_at,
+                   last_request_id = excluded.last_request_id, attempts = 0,
+                   next_attempt_at = NULL, parked_since = NULL, failed_hash = NULL,
+                   failed_fingerprint = NULL,
+                   error_class = NULL, error_reason = NULL, error_status = NULL,
+                   error_code = NULL, error_message = NULL, error_request_id = NULL,
+                   error_at = NULL, updated_at = excluded.updated_at",
+            )
+            .bind(&rows)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "INSERT INTO uploads (at, target_key, path, content_hash, fingerprint, bytes,
+                   action, result, http_status, request_id, client_request_id)
+                 SELECT value ->> 5, value ->> 0, value ->> 2, value ->> 3, value ->> 4,
+                        value ->> 7, value ->> 8, 'ok', value ->> 9, value ->> 6, value ->> 10
+                 FROM json_each(?1) ORDER BY key",
+            )
+            .bind(&rows)
+            .execute(&mut *tx)
+            .await?;
+            self.uploads.clear();
+        }
+        if !self.etags.is_empty() {
+            // An upsert that only ever takes its conflict path (rows of unknown targets are
+            // filtered out) finds each target by its key; UPDATE ... FROM json_each scanned the
+            // whole table for every row.
+            sqlx::query(
+                "INSERT INTO targets (target_key, kind, state, updated_at, media_etag, graph_id)
+                 SELECT value ->> 0, '', 'synced', 0, value ->> 1, value ->> 2
+                 FROM json_each(?1)
+                 WHERE EXISTS (SELECT 1 FROM targets WHERE target_key = value ->> 0)
+                 ORDER BY key
+                 ON CONFLICT (target_key) DO UPDATE SET media_etag = excluded.media_etag,
+                   graph_id = COALESCE(excluded.graph_id, targets.graph_id)
+                 WHERE targets.state = 'synced'",
+            )
+            .bind(json(&self.etags))
+            .execute(&mut *tx)
+            .await?;
+            self.etags.clear();
+        }
+        Ok(())
+    }
+}
+
+fn json(rows: &impl serde::Serialize) -> String {
+    // Tuples of strings and integers: serialising them cannot fail.
+    serde_json::to_string(rows).unwrap_or_default()
 }
 
 /// One failed target, as `status` shows it.
@@ -880,6 +1130,10 @@ pub fn now_ms() -> i64 {
 mod tests {
     use super::*;
 
+    fn hex(content: &str) -> String {
+        blake3::hash(content.as_bytes()).to_hex().to_string()
+    }
+
     #[tokio::test]
     async fn synced_only_with_history_and_snapshot_sees_it() {
         let dir = tempfile::tempdir().unwrap();
@@ -892,7 +1146,7 @@ mod tests {
                 source: "/p".into(),
                 size: 10,
                 mtime_ns: 5,
-                content_hash: Some("h".into()),
+                content_hash: Some(hex("h")),
                 target_key: Some("user:a@x".into()),
                 now: 1,
             },
@@ -900,7 +1154,7 @@ mod tests {
                 target_key: "user:a@x".into(),
                 kind: "user",
                 path: "/p/a.jpg".into(),
-                content_hash: "h".into(),
+                content_hash: hex("h"),
                 fingerprint: "f".into(),
                 bytes: 10,
                 http_status: 200,
@@ -913,7 +1167,12 @@ mod tests {
         .await
         .unwrap();
         let s = l.snapshot().await.unwrap();
-        assert_eq!(s.files["/p/a.jpg"].content_hash.as_deref(), Some("h"));
+        assert_eq!(s.files["/p/a.jpg"].content_hash, Some(blake3::hash(b"h")));
+        // The file and its target share one allocation for the path and one for the key.
+        let (path, file) = s.files.get_key_value("/p/a.jpg").unwrap();
+        let (key, target) = s.targets.get_key_value("user:a@x").unwrap();
+        assert!(Arc::ptr_eq(path, target.path.as_ref().unwrap()));
+        assert!(Arc::ptr_eq(key, file.target_key.as_ref().unwrap()));
         assert_eq!(s.targets["user:a@x"].state, "synced");
         assert!(s.files_of("user:a@x").is_empty());
         let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM uploads")
@@ -930,5 +1189,197 @@ mod tests {
             l.counts_by_state().await.unwrap(),
             [("synced".to_owned(), 1)]
         );
+    }
+
+    fn file_op(path: &str, size: i64, hash: &str) -> Op {
+        Op::File {
+            path: path.into(),
+            source: "/p".into(),
+            size,
+            mtime_ns: 5,
+            content_hash: Some(hex(hash)),
+            target_key: Some("user:a@x".into()),
+            now: 1,
+        }
+    }
+
+    fn uploaded_op(hash: &str, now: i64) -> Op {
+        Op::Uploaded {
+            target_key: "user:a@x".into(),
+            kind: "user",
+            path: "/p/a.jpg".into(),
+            content_hash: hex(hash),
+            fingerprint: "f".into(),
+            bytes: 10,
+            http_status: 200,
+            request_id: Some(format!("r{now}")),
+            client_request_id: None,
+            action: "upload",
+            now,
+        }
+    }
+
+    #[tokio::test]
+    async fn gathered_writes_keep_the_batch_order_for_each_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = Ledger::open(&dir.path().join("state.db")).await.unwrap();
+        let failed = Op::Failed {
+            target_key: "user:a@x".into(),
+            kind: "user",
+            path: "/p/a.jpg".into(),
+            content_hash: Some(hex("h2")),
+            fingerprint: "f".into(),
+            class: FailureClass::Transient,
+            reason: "http_503".into(),
+            http_status: Some(503),
+            code: None,
+            message: "busy".into(),
+            request_id: None,
+            attempts: 3,
+            next_attempt_at: Some(9),
+            action: "upload",
+            now: 3,
+        };
+        l.apply(&[
+            file_op("/p/a.jpg", 1, "h1"),
+            uploaded_op("h1", 2),
+            file_op("/p/a.jpg", 2, "h2"),
+            failed.clone(),
+            file_op("/p/b.jpg", 3, "h3"),
+            Op::ForgetFile {
+                path: "/p/b.jpg".into(),
+            },
+            file_op("/p/a.jpg", 4, "h4"),
+            uploaded_op("h4", 4),
+        ])
+        .await
+        .unwrap();
+        let s = l.snapshot().await.unwrap();
+        assert_eq!(s.files["/p/a.jpg"].size, 4);
+        assert_eq!(s.files["/p/a.jpg"].content_hash, Some(blake3::hash(b"h4")));
+        assert!(!s.files.contains_key("/p/b.jpg"));
+        let t = &s.targets["user:a@x"];
+        assert_eq!(
+            (t.state, t.last_hash, t.error_class),
+            ("synced", Some(blake3::hash(b"h4")), None)
+        );
+        let history: Vec<(String, Option<String>, Option<i64>)> =
+            sqlx::query_as("SELECT result, content_hash, http_status FROM uploads ORDER BY id")
+                .fetch_all(l.pool())
+                .await
+                .unwrap();
+        assert_eq!(
+            history,
+            [
+                ("ok".to_owned(), Some(hex("h1")), Some(200)),
+                ("failed_transient".to_owned(), Some(hex("h2")), Some(503)),
+                ("ok".to_owned(), Some(hex("h4")), Some(200)),
+            ]
+        );
+        // A read-back etag lands on the upload before it, the later of two wins.
+        let etag = |e: &str| Op::Etag {
+            target_key: "user:a@x".into(),
+            graph_id: None,
+            media_etag: Some(e.into()),
+        };
+        l.apply(&[
+            uploaded_op("h6", 6),
+            etag("e1"),
+            uploaded_op("h7", 7),
+            etag("e2"),
+        ])
+        .await
+        .unwrap();
+        let etag: Option<String> =
+            sqlx::query_scalar("SELECT media_etag FROM targets WHERE target_key = 'user:a@x'")
+                .fetch_one(l.pool())
+                .await
+                .unwrap();
+        assert_eq!(etag.as_deref(), Some("e2"));
+        // And the other way round: a failure after a success in one batch leaves it failed.
+        l.apply(&[uploaded_op("h5", 5), failed]).await.unwrap();
+        let s = l.snapshot().await.unwrap();
+        assert_eq!(s.targets["user:a@x"].state, "failed");
+    }
+
+    #[tokio::test]
+    async fn the_snapshot_reads_every_chunk_and_the_conflicts() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = Ledger::open(&dir.path().join("state.db")).await.unwrap();
+        let n = SNAPSHOT_CHUNK * 2 + 10;
+        let mut ops = Vec::new();
+        for i in 0..n {
+            let key = format!("user:u{i}@x");
+            ops.push(Op::File {
+                path: format!("/p/u{i}.jpg"),
+                source: "/p".into(),
+                size: i,
+                mtime_ns: 5,
+                content_hash: Some(hex(&key)),
+                target_key: Some(key.clone()),
+                now: 1,
+            });
+            ops.push(Op::Uploaded {
+                target_key: key.clone(),
+                kind: "user",
+                path: format!("/p/u{i}.jpg"),
+                content_hash: hex(&key),
+                fingerprint: "f".into(),
+                bytes: 10,
+                http_status: 200,
+                request_id: None,
+                client_request_id: None,
+                action: "upload",
+                now: 2,
+            });
+        }
+        // A second file naming the first target, with a path that needs escaping in JSON.
+        ops.push(Op::File {
+            path: "/p/\"quoted\" \\ é.jpg".into(),
+            source: "/p".into(),
+            size: 1,
+            mtime_ns: 5,
+            content_hash: None,
+            target_key: Some("user:u0@x".into()),
+            now: 1,
+        });
+        l.apply(&ops).await.unwrap();
+        let s = l.snapshot().await.unwrap();
+        assert_eq!(s.files.len() as i64, n + 1);
+        assert_eq!(s.targets.len() as i64, n);
+        let last = format!("/p/u{}.jpg", n - 1);
+        assert_eq!(s.files[last.as_str()].size, n - 1);
+        assert_eq!(
+            s.targets[&*format!("user:u{}@x", n - 1)]
+                .last_fingerprint
+                .as_deref(),
+            Some("f")
+        );
+        let mut shared = s.files_of("user:u0@x").to_vec();
+        shared.sort();
+        assert_eq!(shared, ["/p/\"quoted\" \\ é.jpg", "/p/u0.jpg"]);
+        assert!(s.files_of("user:u1@x").is_empty());
+        // Read-back etags land on known targets only.
+        let mut etags: Vec<Op> = (0..n)
+            .map(|i| Op::Etag {
+                target_key: format!("user:u{i}@x"),
+                graph_id: None,
+                media_etag: Some(format!("e{i}")),
+            })
+            .collect();
+        etags.push(Op::Etag {
+            target_key: "user:nobody@x".into(),
+            graph_id: Some("g".into()),
+            media_etag: Some("e".into()),
+        });
+        let started = std::time::Instant::now();
+        l.apply(&etags).await.unwrap();
+        let elapsed = started.elapsed();
+        let (targets, with_etag): (i64, i64) =
+            sqlx::query_as("SELECT COUNT(*), COUNT(media_etag) FROM targets")
+                .fetch_one(l.pool())
+                .await
+                .unwrap();
+        assert_eq!((targets, with_etag), (n, n), "{elapsed:?}");
     }
 }

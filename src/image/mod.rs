@@ -164,6 +164,24 @@ impl Pipeline {
     }
 
     pub fn process(&self, input: &[u8]) -> Result<Processed, ImageError> {
+        self.run(input, || bytes::Bytes::copy_from_slice(input))
+    }
+
+    /// As [`Pipeline::process`], but passthrough hands back `input` itself rather than a copy.
+    pub fn process_shared(&self, input: &bytes::Bytes) -> Result<Processed, ImageError> {
+        self.run(input, || input.clone())
+    }
+
+    /// Whether [`Pipeline::process`] only reads headers (cheap enough for any thread).
+    pub fn is_header_only(&self) -> bool {
+        self.settings.mode == Mode::Passthrough
+    }
+
+    fn run(
+        &self,
+        input: &[u8],
+        original: impl FnOnce() -> bytes::Bytes,
+    ) -> Result<Processed, ImageError> {
         if input.is_empty() {
             return Err(ImageError::Empty);
         }
@@ -171,12 +189,17 @@ impl Pipeline {
             prefix: BytePrefix::of(input),
         })?;
         match self.settings.mode {
-            Mode::Passthrough => self.passthrough(input, format),
+            Mode::Passthrough => self.passthrough(input, format, original),
             Mode::Normalize => self.normalize(input, format),
         }
     }
 
-    fn passthrough(&self, input: &[u8], format: Format) -> Result<Processed, ImageError> {
+    fn passthrough(
+        &self,
+        input: &[u8],
+        format: Format,
+        original: impl FnOnce() -> bytes::Bytes,
+    ) -> Result<Processed, ImageError> {
         let (width, height) = match format {
             Format::Jpeg => {
                 let header = probe::jpeg(input, probe::Walk::ToFrame)?;
@@ -190,7 +213,7 @@ impl Pipeline {
             return Err(ImageError::too_large(input.len()));
         }
         Ok(Processed {
-            bytes: bytes::Bytes::copy_from_slice(input),
+            bytes: original(),
             content_type: format.content_type(),
             input_format: format,
             input_size: (width, height),
