@@ -438,28 +438,8 @@ impl Engine {
     /// The current `mediaEtag` of `target`'s photo (`None`: it has no photo), read through the
     /// shared limiter and retry policy. `Err(None)` when the run was stopped.
     pub async fn photo_etag(&self, target: &Target) -> Result<Option<String>, Option<GraphError>> {
-        let path = format!("/v1.0{}", target.photo_path());
-        let what = target.key();
-        match with_retries(&self.shared, &what, || self.shared.graph.get(&path)).await {
-            Sent::Done(reply) => {
-                let meta: crate::graph::PhotoMeta =
-                    serde_json::from_slice(&reply.body).map_err(|_| {
-                        Some(GraphError::Status {
-                            status: reply.status,
-                            code: Some("MalformedResponse".into()),
-                            message: Some("photo metadata was not JSON".into()),
-                            request_id: reply.request_id.clone(),
-                            retry_after: None,
-                        })
-                    })?;
-                // Graph answers "no photo" with a 1x1 placeholder and an empty etag.
-                let etag = meta.etag.filter(|e| !e.is_empty());
-                if meta.id.as_deref() == Some("1x1") || etag.is_none() {
-                    return Ok(None);
-                }
-                Ok(etag)
-            }
-            Sent::Failed(e, _, _) if e.status() == Some(404) => Ok(None),
+        match current_etag(&self.shared, target, &target.key()).await {
+            Sent::Done(etag) => Ok(etag),
             Sent::Failed(e, _, _) => Err(Some(e)),
             Sent::Stopped => Err(self.take_fatal().err().map(|e| match e {
                 EngineError::Graph(g) => g,
@@ -774,6 +754,11 @@ impl<'a> Planner<'a> {
                 return;
             }
         }
+        self.push_upload(job).await;
+    }
+
+    /// Queues an upload within the pass's budget; over it, the next run plans the file again.
+    async fn push_upload(&mut self, job: Job) {
         if self.budget_spent() {
             return;
         }
@@ -847,9 +832,7 @@ impl<'a> Planner<'a> {
         match outcome {
             Some(Outcome::Found(r)) => {
                 let now = now_ms();
-                let expires_at = now.saturating_add(
-                    i64::try_from(self.shared.cfg.sync.resolve_ttl.as_millis()).unwrap_or(i64::MAX),
-                );
+                let expires_at = now.saturating_add(millis(self.shared.cfg.sync.resolve_ttl));
                 tracing::debug!(target = %job.key, upn = %r.upn, "looked up");
                 if let Some(c) = lock(&self.shared.resolutions).as_mut() {
                     c.insert(
@@ -870,15 +853,7 @@ impl<'a> Planner<'a> {
                 })
                 .await;
                 job.target = Target::user(&r.id);
-                if self.budget_spent() {
-                    // Over budget: the next run plans it again (from the cache).
-                    return;
-                }
-                self.uploads_queued += 1;
-                tokio::select! {
-                    _ = self.shared.queue.push(job) => {}
-                    () = self.shared.cancel.cancelled() => {}
-                }
+                self.push_upload(job).await;
             }
             Some(o @ Outcome::Ambiguous(_)) => {
                 let message = o.message(kind, &value).unwrap_or_default();
@@ -1634,11 +1609,8 @@ async fn upload(shared: &Arc<Shared>, job: &Job, hash: &str, bytes: Bytes, reaso
 /// Reads the photo's metadata back after an upload and records its `mediaEtag`, the baseline
 /// `verify` compares with. A failure here costs only that baseline: the upload stands.
 async fn record_etag(shared: &Arc<Shared>, job: &Job) {
-    let path = format!("/v1.0{}", job.target.photo_path());
-    let etag = match with_retries(shared, &job.path, || shared.graph.get(&path)).await {
-        Sent::Done(reply) => serde_json::from_slice::<crate::graph::PhotoMeta>(&reply.body)
-            .ok()
-            .and_then(|m| m.etag),
+    let etag = match current_etag(shared, &job.target, &job.path).await {
+        Sent::Done(etag) => etag,
         Sent::Failed(e, _, _) => {
             tracing::warn!(path = %job.path, error = %e, "uploaded, but its metadata could not be read back; verify cannot check this photo until it is uploaded again");
             None
@@ -1655,6 +1627,20 @@ async fn record_etag(shared: &Arc<Shared>, job: &Job) {
         },
     )
     .await;
+}
+
+/// The photo's current `mediaEtag`, through the limiter and retry policy; `None` when the
+/// target has no photo (a 404, or Graph's 1x1 placeholder with an empty etag).
+async fn current_etag(shared: &Arc<Shared>, target: &Target, what: &str) -> Sent<Option<String>> {
+    match with_retries(shared, what, || shared.graph.photo_meta(target)).await {
+        Sent::Done(meta) => {
+            let etag = meta.etag.filter(|e| !e.is_empty());
+            Sent::Done(etag.filter(|_| meta.id.as_deref() != Some("1x1")))
+        }
+        Sent::Failed(e, _, _) if e.status() == Some(404) => Sent::Done(None),
+        Sent::Failed(e, class, attempts) => Sent::Failed(e, class, attempts),
+        Sent::Stopped => Sent::Stopped,
+    }
 }
 
 async fn delete(shared: &Arc<Shared>, job: &Job) {
@@ -1701,8 +1687,8 @@ async fn delete(shared: &Arc<Shared>, job: &Job) {
     .await;
 }
 
-enum Sent {
-    Done(crate::graph::Reply),
+enum Sent<T = crate::graph::Reply> {
+    Done(T),
     Failed(GraphError, FailureClass, u32),
     /// Cancelled, or a fatal error stopped the run.
     Stopped,
@@ -1711,10 +1697,10 @@ enum Sent {
 /// Sends a request until it succeeds or its error class says to stop: throttling closes the
 /// shared gate and retries (up to a generous cap), transient errors back off up to
 /// `max_attempts`, permanent ones return at once, a fatal one stops the run.
-async fn with_retries<F, Fut>(shared: &Arc<Shared>, what: &str, mut send: F) -> Sent
+async fn with_retries<T, F, Fut>(shared: &Arc<Shared>, what: &str, mut send: F) -> Sent<T>
 where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<crate::graph::Reply, GraphError>>,
+    Fut: std::future::Future<Output = Result<T, GraphError>>,
 {
     let mut attempts = 0u32;
     let mut throttled = 0u32;
@@ -1807,7 +1793,7 @@ async fn park(
         None => None,
     }
     .unwrap_or(now);
-    let max_age = i64::try_from(sync.parked_max_age.as_millis()).unwrap_or(i64::MAX);
+    let max_age = millis(sync.parked_max_age);
     let gave_up = now.saturating_sub(since) > max_age;
     let message = if gave_up {
         format!(
@@ -1845,6 +1831,11 @@ fn user_not_there_yet(target: &Target, e: &GraphError) -> bool {
             e.code(),
             Some("ErrorNonExistentMailbox" | "MailboxNotHostedInExchangeOnline")
         )
+}
+
+/// A duration as the ledger's milliseconds (saturating: configs cap them far below).
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
 /// A failure decided here rather than answered by Graph.
@@ -1903,8 +1894,7 @@ async fn record_failure(
         FailureClass::Parked => Some(shared.cfg.sync.parked_retry),
         FailureClass::Permanent | FailureClass::Local => None,
     };
-    let next_attempt_at =
-        after.map(|d| now.saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)));
+    let next_attempt_at = after.map(|d| now.saturating_add(millis(d)));
     let (content_hash, action) = match &job.action {
         Action::Upload { hash, .. } => (Some(hash.clone()), "upload"),
         Action::Delete => (None, "delete"),

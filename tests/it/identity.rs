@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use graph_emulator::{RequestKind, User};
 
+use crate::daemon::{until, Daemon};
 use crate::helpers::{text, unique_jpeg, upload_requests, uploads_ok, uuid_for, Env};
 
 fn lookups(env: &Env) -> Vec<graph_emulator::Recorded> {
@@ -195,56 +196,28 @@ async fn a_parked_new_hire_is_uploaded_once_the_user_exists() {
         staff_source("employee_id", "")
     ));
     env.put("staff/004711.jpg", &unique_jpeg(4711));
-    let mut daemon = tokio::process::Command::new(env!("CARGO_BIN_EXE_photosync"))
-        .arg("-c")
-        .arg(&env.config)
-        .arg("run")
-        .env_remove("RUST_LOG")
-        .kill_on_drop(true)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let daemon = Daemon::start(&env).await;
     // Parked: looked up, not found, nothing uploaded.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while lookups(&env).is_empty() {
-        assert!(tokio::time::Instant::now() < deadline, "no lookup");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    until("a lookup", Duration::from_secs(20), || {
+        !lookups(&env).is_empty()
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(upload_requests(&env.emu).is_empty());
     // HR's account provisioning catches up; nobody touches the file.
     let id = add_employee(&env, "newhire@contoso.com", "004711", "newhire@contoso.com");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while env.emu.user_photo(&id).is_none() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the new hire's photo never went up"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    until("the new hire's photo", Duration::from_secs(20), || {
+        env.emu.user_photo(&id).is_some()
+    })
+    .await;
     assert_eq!(env.emu.user_photo(&id).unwrap().bytes, unique_jpeg(4711));
     assert!(lookups(&env).len() >= 2);
-    nix_term(&daemon);
-    let status = tokio::time::timeout(Duration::from_secs(20), daemon.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(status.code(), Some(0));
+    let (code, log) = daemon.stop().await;
+    assert_eq!(code, Some(0), "{log}");
     let out = env.run(&["status", "--json"]).await;
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["totals"]["parked"], 0, "{v}");
     assert_eq!(v["totals"]["synced"], 1, "{v}");
-}
-
-fn nix_term(child: &tokio::process::Child) {
-    let pid = child.id().expect("running");
-    let ok = std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -465,24 +438,16 @@ async fn the_daemon_follows_a_changed_mapping_file() {
         )
     ));
     env.put("staff/1001.jpg", &unique_jpeg(1001));
-    let daemon = tokio::process::Command::new(env!("CARGO_BIN_EXE_photosync"))
-        .arg("-c")
-        .arg(&env.config)
-        .arg("run")
-        .env_remove("RUST_LOG")
-        .kill_on_drop(true)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let daemon = Daemon::start(&env).await;
     let wait_for = |id: String| {
         let emu = env.emu.clone();
         async move {
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-            while emu.user_photo(&id).is_none() {
-                assert!(tokio::time::Instant::now() < deadline, "no photo for {id}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+            until(
+                &format!("a photo for {id}"),
+                Duration::from_secs(20),
+                || emu.user_photo(&id).is_some(),
+            )
+            .await;
         }
     };
     wait_for(alice.clone()).await;
@@ -490,5 +455,5 @@ async fn the_daemon_follows_a_changed_mapping_file() {
     std::fs::write(&csv, "badge,upn\n1001,bob@contoso.com\n").unwrap();
     wait_for(bob.clone()).await;
     assert_eq!(env.emu.user_photo(&bob).unwrap().bytes, unique_jpeg(1001));
-    nix_term(&daemon);
+    daemon.stop().await;
 }
