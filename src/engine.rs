@@ -36,7 +36,8 @@ use crate::report::Row;
 use crate::resolve::{self, Outcome, MAX_PER_REQUEST};
 use crate::source::{self, FileEntry, Found};
 use crate::state::{
-    now_ms, CachedResolution, ContentHash, FailureClass, FastHash, Ledger, Op, Snapshot, StateError,
+    now_ms, CachedResolution, ContentHash, FailureClass, FastHash, FileRow, Ledger, Op, Snapshot,
+    StateError, TargetRow,
 };
 use crate::stats::{Failure, Stats};
 
@@ -283,16 +284,14 @@ impl Engine {
 
     /// Plans what `scope` covers; see [`Engine::plan_pass`].
     pub async fn plan(&self, scope: Scope, opts: PassOptions) -> Result<PassReport, EngineError> {
-        let snapshot = match &self.ledger {
-            Some(l) => {
-                self.flush().await;
-                l.snapshot().await?
-            }
-            None => Snapshot::default(),
-        };
+        if self.ledger.is_some() {
+            self.flush().await;
+        }
         self.load_resolutions().await?;
         let rules = self.refresh_rules();
-        let (tx, mut rx) = mpsc::channel::<Found>(1024);
+        // The walk starts before the ledger snapshot is loaded and runs beside it; the queue
+        // holds what it finds meanwhile (a few MB at most).
+        let (tx, mut rx) = mpsc::channel::<Found>(WALK_QUEUE);
         let mut walkers = JoinSet::new();
         let whole_tree = matches!(scope, Scope::All);
         if let Scope::Paths(paths) = scope {
@@ -332,12 +331,26 @@ impl Engine {
             });
         }
         drop(tx);
+        let snapshot = match &self.ledger {
+            Some(l) => {
+                let started = std::time::Instant::now();
+                let snapshot = l.snapshot().await?;
+                tracing::debug!(
+                    files = snapshot.files.len(),
+                    targets = snapshot.targets.len(),
+                    ms = millis(started.elapsed()),
+                    "ledger snapshot loaded"
+                );
+                snapshot
+            }
+            None => Snapshot::default(),
+        };
         let mut planner = Planner {
             shared: &self.shared,
             snapshot: &snapshot,
             opts,
             policy_now: now_ms(),
-            seen: HashMap::default(),
+            seen: Claims::default(),
             seen_paths: HashSet::default(),
             whole_tree,
             root_files: vec![None; self.shared.cfg.sources.len()],
@@ -620,6 +633,55 @@ impl Engine {
     }
 }
 
+/// Targets claimed by a file in this pass, with that file's mtime and path (for conflicts).
+/// A target the ledger knows is keyed by the address of the snapshot's key: hashing a pointer
+/// instead of the key string, 100,000 times a rescan.
+#[derive(Default)]
+struct Claims<'a> {
+    known: HashMap<usize, (i64, Cow<'a, Path>), FastHash>,
+    new: HashMap<String, (i64, Cow<'a, Path>), FastHash>,
+}
+
+#[derive(Clone, Copy)]
+enum ClaimKey<'k> {
+    Known(usize),
+    New(&'k str),
+}
+
+impl<'k> ClaimKey<'k> {
+    /// `known` is the snapshot's entry for `key`, if it has one.
+    fn of(known: Option<&Arc<str>>, key: &'k str) -> Self {
+        match known {
+            Some(k) => ClaimKey::Known(address(k)),
+            None => ClaimKey::New(key),
+        }
+    }
+}
+
+impl<'a> Claims<'a> {
+    fn get(&self, key: &ClaimKey<'_>) -> Option<&(i64, Cow<'a, Path>)> {
+        match key {
+            ClaimKey::Known(a) => self.known.get(a),
+            ClaimKey::New(k) => self.new.get(*k),
+        }
+    }
+
+    fn insert(&mut self, key: ClaimKey<'_>, claim: (i64, Cow<'a, Path>)) {
+        match key {
+            ClaimKey::Known(a) => self.known.insert(a, claim),
+            ClaimKey::New(k) => self.new.insert(k.to_owned(), claim),
+        };
+    }
+}
+
+/// The address of a snapshot string: its identity while the snapshot lives.
+fn address(s: &Arc<str>) -> usize {
+    s.as_ptr() as usize
+}
+
+/// Walk results queued while the ledger snapshot loads: at about 150 bytes each, 16 MiB at most.
+const WALK_QUEUE: usize = 1 << 16;
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
@@ -648,10 +710,10 @@ struct Planner<'a> {
     policy_now: i64,
     /// Targets seen in this pass, with the file that claimed each (for conflicts); borrowed
     /// from the snapshot where it knows them, so that most claims cost no allocation.
-    seen: HashMap<Cow<'a, str>, (i64, Cow<'a, Path>), FastHash>,
+    seen: Claims<'a>,
     /// Every known photo path seen in a whole-tree pass (what the ledger knows beyond it is
     /// gone), borrowed from the snapshot.
-    seen_paths: HashSet<&'a str, FastHash>,
+    seen_paths: HashSet<usize, FastHash>,
     whole_tree: bool,
     /// Files found under each root, once its walk finished.
     root_files: Vec<Option<u64>>,
@@ -892,7 +954,7 @@ impl<'a> Planner<'a> {
         let target = match map_with(
             self.source(entry.source),
             &self.rules[entry.source],
-            &entry.rel,
+            entry.rel(),
         ) {
             Mapped::Skipped(why) => {
                 stats.skip(why.as_str());
@@ -923,17 +985,19 @@ impl<'a> Planner<'a> {
         };
         Stats::add(&stats.files, 1);
         let key = target.key();
+        // One lookup in each map per file: this runs 100,000 times in a rescan.
+        let snapshot: &'a Snapshot = self.snapshot;
+        let known_file = entry
+            .path
+            .to_str()
+            .and_then(|p| snapshot.files.get_key_value(p));
+        let known_target = snapshot.targets.get_key_value(key.as_str());
         if self.whole_tree {
-            let snapshot: &'a Snapshot = self.snapshot;
-            if let Some((p, _)) = entry
-                .path
-                .to_str()
-                .and_then(|p| snapshot.files.get_key_value(p))
-            {
-                self.seen_paths.insert(p);
+            if let Some((p, _)) = known_file {
+                self.seen_paths.insert(address(p));
             }
         }
-        if self.loses_conflict(&key, &entry) {
+        if self.loses_conflict(&key, &entry, known_file, known_target) {
             return None;
         }
         let Some(path) = entry.path.to_str() else {
@@ -963,8 +1027,8 @@ impl<'a> Planner<'a> {
             return None;
         }
         let known = Known {
-            file: self.snapshot.files.get(path),
-            target: self.snapshot.targets.get(key.as_str()),
+            file: known_file.map(|(_, f)| f),
+            target: known_target.map(|(_, t)| t),
         };
         match plan::quick(&known, &key, entry.size, entry.mtime_ns, &self.policy()) {
             Quick::Unchanged => {
@@ -992,26 +1056,40 @@ impl<'a> Planner<'a> {
 
     /// Two files for one target: the newest wins (ties: the greater path), the other is skipped
     /// and reported. Looks at files seen in this pass and at files the ledger knows.
-    fn loses_conflict(&mut self, key: &str, entry: &FileEntry) -> bool {
+    /// `known_file` and `known_target` are the snapshot's entries for `entry` and `key`.
+    fn loses_conflict(
+        &mut self,
+        key: &str,
+        entry: &FileEntry,
+        known_file: Option<(&'a Arc<str>, &'a FileRow)>,
+        known_target: Option<(&'a Arc<str>, &'a TargetRow)>,
+    ) -> bool {
+        let claim = ClaimKey::of(known_target.map(|(k, _)| k), key);
         let mut rival: Option<(i64, PathBuf)> = self
             .seen
-            .get(key)
+            .get(&claim)
             .map(|(mtime, path)| (*mtime, path.to_path_buf()));
-        for other in self.snapshot.files_of(key) {
-            let other = PathBuf::from(other);
-            if other == entry.path || rival.as_ref().is_some_and(|r| r.1 == other) {
-                continue;
-            }
-            if let Ok(meta) = std::fs::metadata(&other) {
-                let candidate = (source::mtime_ns(&meta), other);
-                if rival.as_ref().is_none_or(|r| candidate > *r) {
-                    rival = Some(candidate);
+        if !self.snapshot.shared_targets.is_empty() {
+            for other in self.snapshot.files_of(key) {
+                let other = PathBuf::from(other);
+                if other == entry.path || rival.as_ref().is_some_and(|r| r.1 == other) {
+                    continue;
+                }
+                if let Ok(meta) = std::fs::metadata(&other) {
+                    let candidate = (source::mtime_ns(&meta), other);
+                    if rival.as_ref().is_none_or(|r| candidate > *r) {
+                        rival = Some(candidate);
+                    }
                 }
             }
         }
         let Some(rival) = rival else {
-            let (key, claim) = self.claim(key, entry);
-            self.seen.insert(key, claim);
+            // Borrowed from the snapshot when it knows the path: most claims allocate nothing.
+            let path = known_file.map_or_else(
+                || entry.path.clone().into(),
+                |(p, _)| Cow::Borrowed(Path::new(&**p)),
+            );
+            self.seen.insert(claim, (entry.mtime_ns, path));
             return false;
         };
         let mine = (entry.mtime_ns, entry.path.clone());
@@ -1031,8 +1109,7 @@ impl<'a> Planner<'a> {
                 "two files name one target; the newest wins"
             );
             self.shared.stats.skip("conflict");
-            self.seen
-                .insert(key.to_owned().into(), (rival.0, rival.1.into()));
+            self.seen.insert(claim, (rival.0, rival.1.into()));
             true
         } else {
             if rival.1 != mine.1 {
@@ -1044,28 +1121,16 @@ impl<'a> Planner<'a> {
                 );
                 self.shared.stats.skip("conflict");
             }
-            self.seen
-                .insert(key.to_owned().into(), (mine.0, mine.1.into()));
+            self.seen.insert(claim, (mine.0, mine.1.into()));
             false
         }
     }
 
-    /// This pass's claim of `key` by `entry`, borrowed from the snapshot when it knows both.
-    fn claim(&self, key: &str, entry: &FileEntry) -> (Cow<'a, str>, (i64, Cow<'a, Path>)) {
-        let snapshot: &'a Snapshot = self.snapshot;
-        let key = snapshot
-            .targets
-            .get_key_value(key)
-            .map_or_else(|| key.to_owned().into(), |(k, _)| Cow::Borrowed(&**k));
-        let path = entry
-            .path
-            .to_str()
-            .and_then(|p| snapshot.files.get_key_value(p))
-            .map_or_else(
-                || entry.path.clone().into(),
-                |(p, _)| Cow::Borrowed(Path::new(&**p)),
-            );
-        (key, (entry.mtime_ns, path))
+    fn claim_key<'k>(&self, key: &'k str) -> ClaimKey<'k> {
+        ClaimKey::of(
+            self.snapshot.targets.get_key_value(key).map(|(k, _)| k),
+            key,
+        )
     }
 
     fn on_gone(&mut self, source: usize, path: &std::path::Path) {
@@ -1093,7 +1158,7 @@ impl<'a> Planner<'a> {
                     continue;
                 };
                 // Only roots whose walk completed can say a file is gone.
-                if self.root_files[n].is_some() && !self.seen_paths.contains(&**path) {
+                if self.root_files[n].is_some() && !self.seen_paths.contains(&address(path)) {
                     self.gone.push((n, path.to_string()));
                 }
             }
@@ -1118,7 +1183,7 @@ impl<'a> Planner<'a> {
                     t.state == "synced" && t.path.as_deref() == Some(path.as_str())
                 });
             // Another file still names this target (a conflict, or a rename within it).
-            let still_named = self.seen.contains_key(key.as_str())
+            let still_named = self.seen.get(&self.claim_key(&key)).is_some()
                 || self
                     .snapshot
                     .files_of(&key)
@@ -1288,7 +1353,7 @@ impl<'a> Planner<'a> {
             path: path.to_owned(),
             target: Some(key.to_owned()),
             reason: t
-                .and_then(|t| t.error_reason.as_deref())
+                .and_then(|t| t.failure.as_ref()?.reason.as_deref())
                 .unwrap_or("failed")
                 .to_owned(),
             message: "failed before with this exact content; not retried until the file changes or `photosync retry`".into(),
@@ -1313,7 +1378,7 @@ impl<'a> Planner<'a> {
         // not be queued after the winner (it would replace the newer photo). Already reported.
         if self
             .seen
-            .get(key.as_str())
+            .get(&self.claim_key(&key))
             .is_some_and(|(_, p)| *p != entry.path)
         {
             self.remember_loser(&entry, &key);

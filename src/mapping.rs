@@ -426,7 +426,13 @@ fn normalise_owner(name: &str) -> Result<String, MappingError> {
 
 /// Canonical form of a file stem for its key kind.
 pub fn normalise_key(stem: &str, key: KeyKind) -> Result<String, MappingError> {
-    let s: String = stem.trim().nfc().collect();
+    let trimmed = stem.trim();
+    // ASCII is already NFC: most names skip the normaliser (a tenth of a rescan's planning).
+    let s: String = if trimmed.is_ascii() {
+        trimmed.to_owned()
+    } else {
+        trimmed.nfc().collect()
+    };
     if s.is_empty() {
         return Err(MappingError::EmptyName);
     }
@@ -441,7 +447,7 @@ pub fn normalise_key(stem: &str, key: KeyKind) -> Result<String, MappingError> {
             if local.is_empty() || domain.is_empty() || s.contains(char::is_whitespace) {
                 return Err(MappingError::NotAUpn { name: s });
             }
-            Ok(s.to_lowercase())
+            Ok(lowercase(s))
         }
         KeyKind::Id => {
             if is_guid(&s) {
@@ -455,13 +461,23 @@ pub fn normalise_key(stem: &str, key: KeyKind) -> Result<String, MappingError> {
                 .rsplit_once('@')
                 .is_some_and(|(l, d)| !l.is_empty() && d.contains('.') && !d.ends_with('.'));
             if ok && !s.contains(char::is_whitespace) {
-                Ok(s.to_lowercase())
+                Ok(lowercase(s))
             } else {
                 Err(MappingError::NotAMail { name: s })
             }
         }
         // HR numbers keep their leading zeros and case: Graph compares them as given.
         KeyKind::EmployeeId => Ok(s),
+    }
+}
+
+/// Lowercased in place when ASCII (no second allocation).
+fn lowercase(mut s: String) -> String {
+    if s.is_ascii() {
+        s.make_ascii_lowercase();
+        s
+    } else {
+        s.to_lowercase()
     }
 }
 

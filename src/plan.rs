@@ -8,7 +8,15 @@
 //!    operator runs `retry`.
 //! 4. Everything else → upload, with the reason (new, changed, forced, pipeline changed, retry).
 
-use crate::state::{ContentHash, FileRow, TargetRow};
+use crate::state::{ContentHash, FileRow, LastFailure, TargetRow};
+
+const NO_FAILURE: LastFailure = LastFailure {
+    hash: None,
+    fingerprint: None,
+    class: None,
+    reason: None,
+    next_attempt_at: None,
+};
 
 /// Why a photo is uploaded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,23 +118,26 @@ pub fn after_hash(target: Option<&TargetRow>, hash: &ContentHash, policy: &Polic
             Decision::Upload(Reason::PipelineChanged)
         };
     }
-    if t.state == "failed" && t.failed_hash.as_ref() == Some(hash) {
-        let same_fp = t.failed_fingerprint.as_deref() == fp;
-        match t.error_class {
+    let failure = t.failure.as_deref().unwrap_or(&NO_FAILURE);
+    if t.state == "failed" && failure.hash.as_ref() == Some(hash) {
+        let same_fp = failure.fingerprint.as_deref() == fp;
+        match failure.class {
             Some("permanent" | "local") if same_fp => return Decision::KnownBad,
             Some("transient")
                 if same_fp
                     && !policy.retry_transient_now
-                    && t.next_attempt_at.is_some_and(|at| at > policy.now_ms) =>
+                    && failure.next_attempt_at.is_some_and(|at| at > policy.now_ms) =>
             {
                 return Decision::NotDue
             }
             _ => return Decision::Upload(Reason::Retry),
         }
     }
-    if t.state == "parked" && t.failed_hash.as_ref() == Some(hash) {
+    if t.state == "parked" && failure.hash.as_ref() == Some(hash) {
         // The user did not exist at the last lookup: look again when due (a backfill: now).
-        if !policy.retry_transient_now && t.next_attempt_at.is_some_and(|at| at > policy.now_ms) {
+        if !policy.retry_transient_now
+            && failure.next_attempt_at.is_some_and(|at| at > policy.now_ms)
+        {
             return Decision::NotDue;
         }
         return Decision::Upload(Reason::Retry);
@@ -223,10 +234,13 @@ mod tests {
     fn failures_are_skipped_or_retried_by_class() {
         let failed = |class: &'static str, next: Option<i64>| TargetRow {
             state: "failed",
-            failed_hash: Some(h("h")),
-            failed_fingerprint: Some("fp1".into()),
-            error_class: Some(class),
-            next_attempt_at: next,
+            failure: Some(Box::new(LastFailure {
+                hash: Some(h("h")),
+                fingerprint: Some("fp1".into()),
+                class: Some(class),
+                next_attempt_at: next,
+                ..LastFailure::default()
+            })),
             ..TargetRow::default()
         };
         let p = policy(false);

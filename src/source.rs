@@ -15,10 +15,22 @@ use tokio::sync::mpsc;
 pub struct FileEntry {
     pub source: usize,
     pub path: PathBuf,
-    /// The path relative to the source root.
-    pub rel: PathBuf,
+    /// How many leading components of `path` are the source root's (see [`FileEntry::rel`]):
+    /// a count instead of a second path keeps a queued entry small.
+    root_components: usize,
     pub size: u64,
     pub mtime_ns: i64,
+}
+
+impl FileEntry {
+    /// The path relative to the source root.
+    pub fn rel(&self) -> &Path {
+        let mut c = self.path.components();
+        for _ in 0..self.root_components {
+            c.next();
+        }
+        c.as_path()
+    }
 }
 
 /// What the walk found.
@@ -95,11 +107,11 @@ pub fn stat_file(source: usize, root: &Path, path: &Path) -> Option<FileEntry> {
     if !meta.is_file() {
         return None;
     }
-    let rel = path.strip_prefix(root).ok()?.to_owned();
+    path.strip_prefix(root).ok()?;
     Some(FileEntry {
         source,
         path: path.to_owned(),
-        rel,
+        root_components: root.components().count(),
         size: meta.len(),
         mtime_ns: mtime_ns(&meta),
     })
@@ -164,6 +176,7 @@ fn walk_from(
     tx: &mpsc::Sender<Found>,
 ) -> Result<u64, SourceError> {
     let canonical_root = check_root(root)?;
+    let root_components = root.components().count();
     let mut sent = 0u64;
     let mut walker = walkdir::WalkDir::new(start)
         .follow_links(true)
@@ -215,11 +228,10 @@ fn walk_from(
         }
         let path = entry.path();
         let Ok(meta) = entry.metadata() else { continue };
-        let rel = path.strip_prefix(root).unwrap_or(path).to_owned();
         let found = Found::File(FileEntry {
             source,
             path: path.to_owned(),
-            rel,
+            root_components,
             size: meta.len(),
             mtime_ns: mtime_ns(&meta),
         });

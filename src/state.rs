@@ -8,14 +8,12 @@
 //!   safe because a photo upload is idempotent;
 //! - the planner reads a [`Snapshot`] loaded in a few queries per table, never a query per file.
 
-use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{StreamExt, TryStreamExt};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
 
@@ -48,6 +46,12 @@ pub enum StateError {
     },
     #[error("database error: {0}")]
     Query(#[from] sqlx::Error),
+    #[error("cannot read the ledger {path}: {source}")]
+    Snapshot {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
 }
 
 /// The hasher of the planner's maps: SipHash's resistance to crafted keys buys nothing for
@@ -69,7 +73,7 @@ pub struct FileRow {
     pub target_key: Option<Arc<str>>,
 }
 
-/// What the ledger remembers of one target.
+/// What the ledger remembers of one target. Kept small: a snapshot holds one per target.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TargetRow {
     /// `synced`, `pending`, `failed`, `parked` or `deleted`.
@@ -79,11 +83,19 @@ pub struct TargetRow {
     pub last_hash: Option<ContentHash>,
     /// Shared between rows (a fingerprint names a pipeline setting; there are only a few).
     pub last_fingerprint: Option<Arc<str>>,
-    pub failed_hash: Option<ContentHash>,
-    pub failed_fingerprint: Option<Arc<str>>,
+    /// The last failure, when one is recorded. Boxed: most targets have none, and inline it
+    /// would double the size of every row.
+    pub failure: Option<Box<LastFailure>>,
+}
+
+/// The last failed attempt for a target, as the planner needs it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LastFailure {
+    pub hash: Option<ContentHash>,
+    pub fingerprint: Option<Arc<str>>,
     /// `transient`, `permanent` or `local`.
-    pub error_class: Option<&'static str>,
-    pub error_reason: Option<Box<str>>,
+    pub class: Option<&'static str>,
+    pub reason: Option<Box<str>>,
     pub next_attempt_at: Option<i64>,
 }
 
@@ -106,47 +118,6 @@ impl Snapshot {
     }
 }
 
-/// Rows travel from SQLite as JSON arrays of this many rows: one sqlx row per chunk instead of
-/// one per file, which is what made loading 100,000 rows take seconds.
-const SNAPSHOT_CHUNK: i64 = 4096;
-
-#[derive(serde::Deserialize)]
-struct FileJson<'a> {
-    #[serde(borrow)]
-    path: Cow<'a, str>,
-    #[serde(borrow)]
-    source: Cow<'a, str>,
-    size: i64,
-    mtime_ns: i64,
-    #[serde(borrow)]
-    content_hash: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    target_key: Option<Cow<'a, str>>,
-}
-
-#[derive(serde::Deserialize)]
-struct TargetJson<'a> {
-    #[serde(borrow)]
-    target_key: Cow<'a, str>,
-    #[serde(borrow)]
-    state: Cow<'a, str>,
-    #[serde(borrow)]
-    path: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    last_hash: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    last_fingerprint: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    failed_hash: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    failed_fingerprint: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    error_class: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    error_reason: Option<Cow<'a, str>>,
-    next_attempt_at: Option<i64>,
-}
-
 /// One `Arc<str>` per distinct value, for columns with only a few.
 #[derive(Default)]
 struct Interner(HashMap<Box<str>, Arc<str>>);
@@ -160,6 +131,101 @@ impl Interner {
         self.0.insert(s.into(), a.clone());
         a
     }
+}
+
+/// The snapshot as [`Ledger::snapshot`] reads it: targets first, so that files can share
+/// their path and target key allocations.
+fn read_snapshot(path: &Path) -> Result<Snapshot, rusqlite::Error> {
+    use rusqlite::OpenFlags;
+    let conn = rusqlite::Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(Duration::from_secs(10))?;
+    let tx = conn.unchecked_transaction()?;
+    let (files, targets): (i64, i64) = tx.query_row(
+        "SELECT (SELECT COUNT(*) FROM files), (SELECT COUNT(*) FROM targets)",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    let mut snap = Snapshot::default();
+    snap.files.reserve(usize::try_from(files).unwrap_or(0));
+    snap.targets.reserve(usize::try_from(targets).unwrap_or(0));
+    let mut fingerprints = Interner::default();
+    let mut stmt = tx.prepare(
+        "SELECT target_key, state, path, last_hash, last_fingerprint, failed_hash,
+                failed_fingerprint, error_class, error_reason, next_attempt_at
+         FROM targets",
+    )?;
+    let mut rows = stmt.query([])?;
+    while let Some(r) = rows.next()? {
+        let text =
+            |i| -> Result<Option<&str>, rusqlite::Error> { Ok(r.get_ref(i)?.as_str_or_null()?) };
+        let key = text(0)?.unwrap_or_default();
+        let failure = LastFailure {
+            hash: parse_hash(text(5)?),
+            fingerprint: text(6)?.map(|f| fingerprints.get(f)),
+            class: text(7)?.map(error_class),
+            reason: text(8)?.map(Into::into),
+            next_attempt_at: r.get(9)?,
+        };
+        snap.targets.insert(
+            key.into(),
+            TargetRow {
+                state: target_state(text(1)?.unwrap_or_default()),
+                path: text(2)?.map(Into::into),
+                last_hash: parse_hash(text(3)?),
+                last_fingerprint: text(4)?.map(|f| fingerprints.get(f)),
+                failure: (failure != LastFailure::default()).then(|| Box::new(failure)),
+            },
+        );
+    }
+    drop(rows);
+    drop(stmt);
+    let mut roots = Interner::default();
+    let mut stmt =
+        tx.prepare("SELECT path, source, size, mtime_ns, content_hash, target_key FROM files")?;
+    let mut rows = stmt.query([])?;
+    while let Some(r) = rows.next()? {
+        let text =
+            |i| -> Result<Option<&str>, rusqlite::Error> { Ok(r.get_ref(i)?.as_str_or_null()?) };
+        let file = text(0)?.unwrap_or_default();
+        let key = text(5)?;
+        let target = key.and_then(|k| snap.targets.get_key_value(k));
+        let path = match target.and_then(|(_, t)| t.path.as_ref()) {
+            Some(p) if **p == *file => p.clone(),
+            _ => file.into(),
+        };
+        let target_key = match target {
+            Some((k, _)) => Some(k.clone()),
+            None => key.map(Into::into),
+        };
+        snap.files.insert(
+            path,
+            FileRow {
+                source: roots.get(text(1)?.unwrap_or_default()),
+                size: r.get(2)?,
+                mtime_ns: r.get(3)?,
+                content_hash: parse_hash(text(4)?),
+                target_key,
+            },
+        );
+    }
+    drop(rows);
+    drop(stmt);
+    let mut stmt = tx.prepare(
+        "SELECT target_key, path FROM files WHERE target_key IN
+           (SELECT target_key FROM files WHERE target_key IS NOT NULL
+            GROUP BY target_key HAVING COUNT(*) > 1)",
+    )?;
+    let mut rows = stmt.query([])?;
+    while let Some(r) = rows.next()? {
+        snap.shared_targets
+            .entry(r.get(0)?)
+            .or_default()
+            .push(r.get(1)?);
+    }
+    Ok(snap)
 }
 
 /// A hash as stored; anything that is not one reads as unknown (the file is hashed again).
@@ -185,10 +251,6 @@ fn error_class(s: &str) -> &'static str {
         "local" => "local",
         _ => "unknown",
     }
-}
-
-fn corrupt(e: &serde_json::Error) -> StateError {
-    StateError::Query(sqlx::Error::Decode(format!("ledger snapshot: {e}").into()))
 }
 
 /// The outcome of an attempt, as the ledger records it.
@@ -383,112 +445,18 @@ impl Ledger {
         self.pool.close().await;
     }
 
-    /// Loads everything the planner compares against: targets first, so that files can share
-    /// their path and target key allocations.
+    /// Loads everything the planner compares against, in one read transaction (a consistent
+    /// view even while a daemon writes). Read on a blocking thread through its own read-only
+    /// connection: sqlx decodes row by row through its worker thread, which made loading
+    /// 200,000 rows the largest part of an unchanged rescan; borrowed column values cost
+    /// nothing but the map inserts.
     pub async fn snapshot(&self) -> Result<Snapshot, StateError> {
-        let mut snap = Snapshot::default();
-        let (files, targets, files_end, targets_end): (i64, i64, i64, i64) = sqlx::query_as(
-            "SELECT (SELECT COUNT(*) FROM files), (SELECT COUNT(*) FROM targets),
-                    (SELECT IFNULL(MAX(rowid), 0) FROM files),
-                    (SELECT IFNULL(MAX(rowid), 0) FROM targets)",
-        )
-        .fetch_one(&self.pool)
-        .await?;
-        snap.files.reserve(usize::try_from(files).unwrap_or(0));
-        snap.targets.reserve(usize::try_from(targets).unwrap_or(0));
-        let mut fingerprints = Interner::default();
-        let mut chunks = self.chunks(
-            "SELECT json_group_array(json_array(target_key, state, path, last_hash,
-               last_fingerprint, failed_hash, failed_fingerprint, error_class, error_reason,
-               next_attempt_at))
-             FROM targets WHERE rowid >= ?1 AND rowid < ?2",
-            targets_end,
-        );
-        while let Some(chunk) = chunks.try_next().await? {
-            let rows: Vec<TargetJson<'_>> =
-                serde_json::from_str(&chunk).map_err(|e| corrupt(&e))?;
-            for r in rows {
-                snap.targets.insert(
-                    r.target_key.as_ref().into(),
-                    TargetRow {
-                        state: target_state(&r.state),
-                        path: r.path.as_deref().map(Into::into),
-                        last_hash: parse_hash(r.last_hash.as_deref()),
-                        last_fingerprint: r.last_fingerprint.map(|f| fingerprints.get(&f)),
-                        failed_hash: parse_hash(r.failed_hash.as_deref()),
-                        failed_fingerprint: r.failed_fingerprint.map(|f| fingerprints.get(&f)),
-                        error_class: r.error_class.as_deref().map(error_class),
-                        error_reason: r.error_reason.as_deref().map(Into::into),
-                        next_attempt_at: r.next_attempt_at,
-                    },
-                );
-            }
-        }
-        drop(chunks);
-        let mut roots = Interner::default();
-        let mut chunks = self.chunks(
-            "SELECT json_group_array(json_array(path, source, size, mtime_ns, content_hash,
-               target_key))
-             FROM files WHERE rowid >= ?1 AND rowid < ?2",
-            files_end,
-        );
-        while let Some(chunk) = chunks.try_next().await? {
-            let rows: Vec<FileJson<'_>> = serde_json::from_str(&chunk).map_err(|e| corrupt(&e))?;
-            for r in rows {
-                let target = r
-                    .target_key
-                    .as_deref()
-                    .and_then(|k| snap.targets.get_key_value(k));
-                let path = match target.and_then(|(_, t)| t.path.as_ref()) {
-                    Some(p) if **p == *r.path => p.clone(),
-                    _ => r.path.as_ref().into(),
-                };
-                let target_key = match target {
-                    Some((k, _)) => Some(k.clone()),
-                    None => r.target_key.as_deref().map(Into::into),
-                };
-                snap.files.insert(
-                    path,
-                    FileRow {
-                        source: roots.get(&r.source),
-                        size: r.size,
-                        mtime_ns: r.mtime_ns,
-                        content_hash: parse_hash(r.content_hash.as_deref()),
-                        target_key,
-                    },
-                );
-            }
-        }
-        drop(chunks);
-        let mut shared = sqlx::query_as::<_, (String, String)>(
-            "SELECT target_key, path FROM files WHERE target_key IN
-               (SELECT target_key FROM files WHERE target_key IS NOT NULL
-                GROUP BY target_key HAVING COUNT(*) > 1)",
-        )
-        .fetch(&self.pool);
-        while let Some((key, path)) = shared.try_next().await? {
-            snap.shared_targets.entry(key).or_default().push(path);
-        }
-        Ok(snap)
-    }
-
-    /// The rows of `sql` (one JSON array, from rowid ?1 to before ?2) for rowids up to `end`, in
-    /// chunks. Two chunks are in flight at once, so that SQLite builds the next chunk on its
-    /// thread while this one parses the last.
-    fn chunks<'q>(
-        &'q self,
-        sql: &'q str,
-        end: i64,
-    ) -> impl futures::Stream<Item = Result<String, sqlx::Error>> + 'q {
-        let starts = (0..=end / SNAPSHOT_CHUNK).map(|k| k * SNAPSHOT_CHUNK);
-        futures::stream::iter(starts)
-            .map(move |start| {
-                sqlx::query_scalar(sql)
-                    .bind(start)
-                    .bind(start + SNAPSHOT_CHUNK)
-                    .fetch_one(&self.pool)
-            })
-            .buffered(2)
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || {
+            read_snapshot(&path).map_err(|source| StateError::Snapshot { path, source })
+        })
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
     }
 
     /// Applies a batch in one transaction.
@@ -1260,8 +1228,8 @@ mod tests {
         assert!(!s.files.contains_key("/p/b.jpg"));
         let t = &s.targets["user:a@x"];
         assert_eq!(
-            (t.state, t.last_hash, t.error_class),
-            ("synced", Some(blake3::hash(b"h4")), None)
+            (t.state, t.last_hash, t.failure.is_none()),
+            ("synced", Some(blake3::hash(b"h4")), true)
         );
         let history: Vec<(String, Option<String>, Option<i64>)> =
             sqlx::query_as("SELECT result, content_hash, http_status FROM uploads ORDER BY id")
@@ -1303,10 +1271,10 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_snapshot_reads_every_chunk_and_the_conflicts() {
+    async fn the_snapshot_reads_every_row_and_the_conflicts() {
         let dir = tempfile::tempdir().unwrap();
         let l = Ledger::open(&dir.path().join("state.db")).await.unwrap();
-        let n = SNAPSHOT_CHUNK * 2 + 10;
+        let n = 9000;
         let mut ops = Vec::new();
         for i in 0..n {
             let key = format!("user:u{i}@x");
