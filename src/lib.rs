@@ -7,6 +7,8 @@
 //! ([`image`], [`limiter`]) → [`graph`] (with [`auth`]) → [`state`]; [`engine`] wires them up
 //! and is shared by every command.
 
+#![forbid(unsafe_code)]
+
 pub mod auth;
 pub mod cli;
 pub mod config;
