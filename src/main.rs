@@ -10,24 +10,22 @@ use clap::Parser;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// Arenas are committed as they are used, and memory mimalloc no longer uses goes back to the
-/// system at once: a long-running daemon on a shared server keeps its RSS to what it holds
-/// (eagerly committed arenas kept a cold backfill at twice the RSS glibc needed). Set before
-/// the first allocation, which reserves the first arena: this runs among the ELF constructors,
-/// before Rust's runtime starts.
+/// Arenas are committed as they are used, so that a daemon on a shared server keeps its RSS to
+/// what it holds: eagerly committed arenas (mimalloc's default) kept a cold backfill at twice
+/// the RSS glibc needed. Set before the first allocation, which reserves the first arena: this
+/// runs among the ELF constructors, before Rust's runtime starts (elsewhere the default holds).
+#[cfg(target_os = "linux")]
 #[allow(unsafe_code)]
 #[unsafe(link_section = ".init_array")]
 #[used]
 static TUNE_ALLOCATOR: extern "C" fn() = {
     extern "C" fn tune() {
         use libmimalloc_sys::{mi_option_set, mi_option_t};
-        // Their places in mimalloc.h's `mi_option_e`; the Rust bindings do not name them.
+        // Its place in mimalloc.h's `mi_option_e`; the Rust bindings do not name it.
         const ARENA_EAGER_COMMIT: mi_option_t = 4;
-        const PURGE_DELAY: mi_option_t = 15;
-        // SAFETY: setters of global options, called before any thread or allocation exists.
+        // SAFETY: a setter of a global option, called before any thread or allocation exists.
         unsafe {
             mi_option_set(ARENA_EAGER_COMMIT, 0);
-            mi_option_set(PURGE_DELAY, 0);
         }
     }
     tune
