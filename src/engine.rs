@@ -288,9 +288,15 @@ impl Engine {
             self.flush().await;
         }
         self.load_resolutions().await?;
-        let rules = self.refresh_rules();
+        let shared = self.shared.clone();
+        let rules = tokio::task::spawn_blocking(move || refresh_rules(&shared))
+            .await
+            .map_err(|e| EngineError::Panicked {
+                task: "mapping file reader",
+                message: panic_message(e),
+            })?;
         // The walk starts before the ledger snapshot is loaded and runs beside it; the queue
-        // holds what it finds meanwhile (a few MB at most).
+        // holds what it finds meanwhile (up to `WALK_QUEUE` entries).
         let (tx, mut rx) = mpsc::channel::<Found>(WALK_QUEUE);
         let mut walkers = JoinSet::new();
         let whole_tree = matches!(scope, Scope::All);
@@ -319,14 +325,12 @@ impl Engine {
             walkers.spawn_blocking(move || {
                 if let Err(e) = source::walk(n, &root, &tx) {
                     tracing::error!(root = %root.display(), error = %e, "source root unreadable");
-                    stats.fail(Failure {
-                        path: root.display().to_string(),
-                        target: None,
-                        reason: "source_unreadable".into(),
-                        message: e.to_string(),
-                        code: None,
-                        request_id: None,
-                    });
+                    stats.fail(Failure::local(
+                        root.display().to_string(),
+                        None,
+                        "source_unreadable",
+                        e.to_string(),
+                    ));
                 }
             });
         }
@@ -481,61 +485,6 @@ impl Engine {
         Ok(())
     }
 
-    /// Compiles each source's globs and (re)reads its mapping file when it changed. A mapping
-    /// file that cannot be read leaves the previous table in place (or none), with an error
-    /// for every file it would have named; bad rows are reported and the rest apply.
-    fn refresh_rules(&self) -> Vec<Rules> {
-        let mut rules = lock(&self.shared.rules);
-        let sources = &self.shared.cfg.sources;
-        if rules.len() != sources.len() {
-            *rules = sources
-                .iter()
-                .map(|s| (None, Rules::new(s, None)))
-                .collect();
-        }
-        for (n, src) in sources.iter().enumerate() {
-            let Some(path) = &src.mapping else { continue };
-            let mtime = std::fs::metadata(path).and_then(|m| m.modified()).ok();
-            if mtime.is_some() && rules[n].0 == mtime {
-                continue;
-            }
-            match MapTable::load(path, &src.column_file, &src.column_target, src.key) {
-                Ok((table, problems)) => {
-                    tracing::info!(mapping = %path.display(), rows = table.len(), bad_rows = problems.len(), "mapping file read");
-                    for p in problems {
-                        tracing::warn!(mapping = %path.display(), line = p.line, problem = %p.message, "mapping row left out");
-                        self.shared.stats.fail(Failure {
-                            path: format!("{}:{}", path.display(), p.line),
-                            target: None,
-                            reason: "mapping_row".into(),
-                            message: p.message,
-                            code: None,
-                            request_id: None,
-                        });
-                    }
-                    rules[n] = (mtime, Rules::new(src, Some(Arc::new(table))));
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "mapping file unusable");
-                    self.shared.stats.fail(Failure {
-                        path: path.display().to_string(),
-                        target: None,
-                        reason: "mapping_file".into(),
-                        message: e.to_string(),
-                        code: None,
-                        request_id: None,
-                    });
-                    if rules[n].0.is_none() {
-                        // Without a table every file would be "not in the mapping": say so once
-                        // per file with an empty table rather than guess targets from names.
-                        rules[n] = (None, Rules::new(src, Some(Arc::new(MapTable::empty(path)))));
-                    }
-                }
-            }
-        }
-        rules.iter().map(|(_, r)| r.clone()).collect()
-    }
-
     /// Waits until every queued upload is done (or the run is cancelled).
     pub async fn drain(&self) -> Result<(), EngineError> {
         tokio::select! {
@@ -631,6 +580,58 @@ impl Engine {
         // The ledger belongs to the caller (the daemon reuses it for the next engine).
         result
     }
+}
+
+/// Compiles each source's globs and (re)reads its mapping file when it changed (file I/O: run
+/// it off the runtime's threads). A mapping file that cannot be read leaves the previous table
+/// in place (or none), with an error for every file it would have named; bad rows are reported
+/// and the rest apply.
+fn refresh_rules(shared: &Shared) -> Vec<Rules> {
+    let mut rules = lock(&shared.rules);
+    let sources = &shared.cfg.sources;
+    if rules.len() != sources.len() {
+        *rules = sources
+            .iter()
+            .map(|s| (None, Rules::new(s, None)))
+            .collect();
+    }
+    for (n, src) in sources.iter().enumerate() {
+        let Some(path) = &src.mapping else { continue };
+        let mtime = std::fs::metadata(path).and_then(|m| m.modified()).ok();
+        if mtime.is_some() && rules[n].0 == mtime {
+            continue;
+        }
+        match MapTable::load(path, &src.column_file, &src.column_target, src.key) {
+            Ok((table, problems)) => {
+                tracing::info!(mapping = %path.display(), rows = table.len(), bad_rows = problems.len(), "mapping file read");
+                for p in problems {
+                    tracing::warn!(mapping = %path.display(), line = p.line, problem = %p.message, "mapping row left out");
+                    shared.stats.fail(Failure::local(
+                        format!("{}:{}", path.display(), p.line),
+                        None,
+                        "mapping_row",
+                        p.message,
+                    ));
+                }
+                rules[n] = (mtime, Rules::new(src, Some(Arc::new(table))));
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "mapping file unusable");
+                shared.stats.fail(Failure::local(
+                    path.display().to_string(),
+                    None,
+                    "mapping_file",
+                    e.to_string(),
+                ));
+                if rules[n].0.is_none() {
+                    // Without a table every file would be "not in the mapping": say so once
+                    // per file with an empty table rather than guess targets from names.
+                    rules[n] = (None, Rules::new(src, Some(Arc::new(MapTable::empty(path)))));
+                }
+            }
+        }
+    }
+    rules.iter().map(|(_, r)| r.clone()).collect()
 }
 
 /// Targets claimed by a file in this pass, with that file's mtime and path (for conflicts).
@@ -936,13 +937,8 @@ impl<'a> Planner<'a> {
             }
             _ => {
                 let Some((e, class)) = failed else { return };
-                let f = Failure {
-                    reason: graph_reason(e),
-                    message: format!("cannot look up {} {value}: {e}", kind.property()),
-                    code: e.code().map(ToOwned::to_owned),
-                    request_id: e.request_id().map(ToOwned::to_owned),
-                    ..local_failure("", String::new())
-                };
+                let message = format!("cannot look up {} {value}: {e}", kind.property());
+                let f = graph_failure(e, &graph_reason(e), message);
                 record_failure(self.shared, &job, *class, f, e.status(), 1).await;
             }
         }
@@ -978,14 +974,12 @@ impl<'a> Planner<'a> {
             }
             Mapped::Invalid(e) => {
                 tracing::warn!(path = %entry.path.display(), error = %e, "no target for file");
-                stats.fail(Failure {
-                    path: entry.path.display().to_string(),
-                    target: None,
-                    reason: "bad_name".into(),
-                    message: e.to_string(),
-                    code: None,
-                    request_id: None,
-                });
+                stats.fail(Failure::local(
+                    entry.path.display().to_string(),
+                    None,
+                    "bad_name",
+                    e.to_string(),
+                ));
                 return None;
             }
             Mapped::Photo(t) => t,
@@ -1008,29 +1002,25 @@ impl<'a> Planner<'a> {
             return None;
         }
         let Some(path) = entry.path.to_str() else {
-            stats.fail(Failure {
-                path: entry.path.display().to_string(),
-                target: Some(key),
-                reason: "bad_name".into(),
-                message: "path is not valid UTF-8".into(),
-                code: None,
-                request_id: None,
-            });
+            stats.fail(Failure::local(
+                entry.path.display().to_string(),
+                Some(key),
+                "bad_name",
+                "path is not valid UTF-8",
+            ));
             return None;
         };
         if entry.size > MAX_INPUT_BYTES {
-            stats.fail(Failure {
-                path: path.to_owned(),
-                target: Some(key),
-                reason: "too_large".into(),
-                message: format!(
+            stats.fail(Failure::local(
+                path,
+                Some(key),
+                "too_large",
+                format!(
                     "{} bytes is larger than any photo ({} MiB limit)",
                     entry.size,
                     MAX_INPUT_BYTES >> 20
                 ),
-                code: None,
-                request_id: None,
-            });
+            ));
             return None;
         }
         let known = Known {
@@ -1363,17 +1353,13 @@ impl<'a> Planner<'a> {
 
     fn known_bad(&self, path: &str, key: &str) {
         let t = self.snapshot.targets.get(key);
-        self.shared.stats.fail(Failure {
-            path: path.to_owned(),
-            target: Some(key.to_owned()),
-            reason: t
-                .and_then(|t| t.failure.as_ref()?.reason.as_deref())
-                .unwrap_or("failed")
-                .to_owned(),
-            message: "failed before with this exact content; not retried until the file changes or `photosync retry`".into(),
-            code: None,
-            request_id: None,
-        });
+        self.shared.stats.fail(Failure::local(
+            path,
+            Some(key.to_owned()),
+            t.and_then(|t| t.failure.as_ref()?.reason.as_deref())
+                .unwrap_or("failed"),
+            "failed before with this exact content; not retried until the file changes or `photosync retry`",
+        ));
     }
 
     /// Steps 2–4 once the content is read.
@@ -1404,14 +1390,7 @@ impl<'a> Planner<'a> {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(%path, error = %e, "cannot read photo");
-                stats.fail(Failure {
-                    path,
-                    target: Some(key),
-                    reason: "unreadable".into(),
-                    message: e.to_string(),
-                    code: None,
-                    request_id: None,
-                });
+                stats.fail(Failure::local(path, Some(key), "unreadable", e.to_string()));
                 return;
             }
         };
@@ -1534,27 +1513,19 @@ impl<'a> Planner<'a> {
 /// Runs the image pipeline on the blocking pool, at most one image per core at a time; a
 /// header-only pipeline (passthrough) runs in place, as a hop to the pool would cost more.
 async fn run_pipeline(shared: &Arc<Shared>, bytes: Bytes) -> Result<Processed, Failure> {
-    let local = |reason: &str, message: String| Failure {
-        path: String::new(),
-        target: None,
-        reason: reason.to_owned(),
-        message,
-        code: None,
-        request_id: None,
-    };
     let processed = if shared.pipeline.is_header_only() {
         shared.pipeline.process_shared(&bytes)
     } else {
         let Ok(_slot) = shared.image_slots.acquire().await else {
-            return Err(local("cancelled", "shutting down".into()));
+            return Err(local_failure("cancelled", "shutting down".into()));
         };
         let s = shared.clone();
         tokio::task::spawn_blocking(move || s.pipeline.process_shared(&bytes))
             .await
-            .map_err(|e| local("panic", format!("image pipeline panicked: {e}")))?
+            .map_err(|e| local_failure("panic", format!("image pipeline panicked: {e}")))?
     };
     match processed {
-        Ok(p) if p.bytes.len() > MAX_UPLOAD_BYTES => Err(local(
+        Ok(p) if p.bytes.len() > MAX_UPLOAD_BYTES => Err(local_failure(
             "too_large",
             format!(
                 "{} after processing is over Graph's 4 MB request limit",
@@ -1562,7 +1533,7 @@ async fn run_pipeline(shared: &Arc<Shared>, bytes: Bytes) -> Result<Processed, F
             ),
         )),
         Ok(p) => Ok(p),
-        Err(e) => Err(local(e.reason(), e.to_string())),
+        Err(e) => Err(local_failure(e.reason(), e.to_string())),
     }
 }
 
@@ -1885,10 +1856,9 @@ async fn park(
     } else {
         message
     };
-    let f = Failure {
-        code: e.and_then(GraphError::code).map(ToOwned::to_owned),
-        request_id: e.and_then(GraphError::request_id).map(ToOwned::to_owned),
-        ..local_failure(reason, message)
+    let f = match e {
+        Some(e) => graph_failure(e, reason, message),
+        None => local_failure(reason, message),
     };
     let status = e.and_then(GraphError::status);
     if gave_up {
@@ -1919,13 +1889,15 @@ fn millis(d: Duration) -> i64 {
 
 /// A failure decided here rather than answered by Graph.
 fn local_failure(reason: &str, message: String) -> Failure {
+    Failure::local(String::new(), None, reason, message)
+}
+
+/// A failure Graph answered: its error code and request id travel with it.
+fn graph_failure(e: &GraphError, reason: &str, message: String) -> Failure {
     Failure {
-        path: String::new(),
-        target: None,
-        reason: reason.to_owned(),
-        message,
-        code: None,
-        request_id: None,
+        code: e.code().map(ToOwned::to_owned),
+        request_id: e.request_id().map(ToOwned::to_owned),
+        ..local_failure(reason, message)
     }
 }
 
@@ -1948,14 +1920,7 @@ async fn fail_graph(
     class: FailureClass,
     attempts: u32,
 ) {
-    let f = Failure {
-        path: job.path.clone(),
-        target: Some(job.key.clone()),
-        reason: graph_reason(e),
-        message: e.to_string(),
-        code: e.code().map(ToOwned::to_owned),
-        request_id: e.request_id().map(ToOwned::to_owned),
-    };
+    let f = graph_failure(e, &graph_reason(e), e.to_string());
     record_failure(shared, job, class, f, e.status(), attempts).await;
 }
 

@@ -90,15 +90,21 @@ pub fn looks_emptied(root: &Path) -> bool {
     if check_root(root).is_err() {
         return true;
     }
-    let mut entries = walkdir::WalkDir::new(root)
+    !tree(root).any(|e| e.is_ok_and(|e| e.file_type().is_file()))
+}
+
+/// Everything under `start`, links followed. Hidden folders (.snapshot, .Trash) are not
+/// descended into; hidden files are yielded, so that the mapping counts them as skipped.
+fn tree(start: &Path) -> walkdir::FilterEntry<walkdir::IntoIter, fn(&walkdir::DirEntry) -> bool> {
+    fn not_hidden_folder(e: &walkdir::DirEntry) -> bool {
+        e.depth() == 0
+            || !e.file_type().is_dir()
+            || !e.file_name().as_encoded_bytes().starts_with(b".")
+    }
+    walkdir::WalkDir::new(start)
         .follow_links(true)
         .into_iter()
-        .filter_entry(|e| {
-            e.depth() == 0
-                || !e.file_type().is_dir()
-                || !e.file_name().as_encoded_bytes().starts_with(b".")
-        });
-    !entries.any(|e| e.is_ok_and(|e| e.file_type().is_file()))
+        .filter_entry(not_hidden_folder)
 }
 
 /// Stats one path as the walker would; `None` when it is not a regular file (or is gone).
@@ -178,16 +184,7 @@ fn walk_from(
     let canonical_root = check_root(root)?;
     let root_components = root.components().count();
     let mut sent = 0u64;
-    let mut walker = walkdir::WalkDir::new(start)
-        .follow_links(true)
-        .into_iter()
-        .filter_entry(|e| {
-            // Hidden folders (.snapshot, .Trash) are not descended into; hidden files are
-            // yielded so that the mapping counts them as skipped.
-            e.depth() == 0
-                || !e.file_type().is_dir()
-                || !e.file_name().as_encoded_bytes().starts_with(b".")
-        });
+    let mut walker = tree(start);
     while let Some(entry) = walker.next() {
         let entry = match entry {
             Ok(e) => e,
