@@ -3,27 +3,20 @@
 //!
 //! The library holds everything; the `photosync` binary parses arguments, sets up logging and
 //! maps results to exit codes. Data flows one way:
-//! [`source`] (walk) → [`plan`] (with [`mapping`] and [`state`]) → [`queue`] → workers
-//! ([`image`], [`limiter`]) → [`graph`] (with [`auth`]) → [`state`]; [`engine`] wires them up
-//! and is shared by every command.
+//! [`source`] (walk, watch) → [`engine`] (planner with [`mapping`] and a [`ledger`] snapshot →
+//! queue → workers with [`image`] → [`graph`] → the ledger writer); [`daemon`] and [`cli`] drive
+//! the engine.
 
 #![forbid(unsafe_code)]
 
-pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod engine;
 pub mod graph;
 pub mod image;
-pub mod limiter;
-pub mod mapfile;
+pub mod ledger;
 pub mod mapping;
-pub mod plan;
-pub mod queue;
 pub mod report;
-pub mod resolve;
-pub mod server;
 pub mod source;
-pub mod state;
 pub mod stats;
-pub mod watch;

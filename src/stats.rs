@@ -95,7 +95,7 @@ impl Stats {
 
     pub fn observe_upload(&self, took: std::time::Duration) {
         self.last_success_ms
-            .store(crate::state::now_ms(), Ordering::Relaxed);
+            .store(crate::ledger::now_ms(), Ordering::Relaxed);
         let ms = took.as_millis() as u64;
         let mut l = lock(&self.latency);
         if l.0.is_empty() {

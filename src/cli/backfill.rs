@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::engine::{human_bytes, Engine, EngineError, Order, PassOptions};
-use crate::state::Ledger;
+use crate::ledger::Ledger;
 use crate::stats::Stats;
 
 use super::exit;

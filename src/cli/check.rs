@@ -5,10 +5,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use crate::auth::TokenSource;
 use crate::config::{Config, TargetKind};
+use crate::graph::auth::TokenSource;
 use crate::graph::{http_client, GraphClient, GraphError};
-use crate::state::Ledger;
+use crate::ledger::Ledger;
 
 use super::exit;
 
@@ -74,7 +74,7 @@ pub async fn run(config: &Path, _args: Args) -> u8 {
         }
         if let Some(m) = &s.mapping {
             let what = format!("mapping file {}", m.display());
-            match crate::mapfile::MapTable::load(m, &s.column_file, &s.column_target, s.key) {
+            match crate::mapping::file::MapTable::load(m, &s.column_file, &s.column_target, s.key) {
                 Ok((table, problems)) if problems.is_empty() => {
                     r.ok(&what, &format!("{} rows", table.len()));
                 }

@@ -151,8 +151,8 @@ pub(crate) fn load_config(path: &std::path::Path) -> Result<Config, u8> {
 }
 
 /// Opens (creating and migrating) the ledger, printing the error the way operators need it.
-pub(crate) async fn open_ledger(cfg: &Config) -> Result<crate::state::Ledger, u8> {
-    crate::state::Ledger::open(&cfg.state.database)
+pub(crate) async fn open_ledger(cfg: &Config) -> Result<crate::ledger::Ledger, u8> {
+    crate::ledger::Ledger::open(&cfg.state.database)
         .await
         .map_err(|e| {
             eprintln!("error: {e}");
@@ -166,7 +166,7 @@ pub(crate) fn try_load_config(path: &std::path::Path) -> Result<Config, String> 
     let allow = ALLOW_INSECURE.load(std::sync::atomic::Ordering::Relaxed);
     cfg.auth.allow_insecure_permissions = allow;
     if cfg.auth.client_secret.is_some() {
-        crate::auth::check_private(path, allow)
+        crate::graph::auth::check_private(path, allow)
             .map_err(|e| format!("the config holds client_secret inline, and {e}"))?;
     }
     Ok(cfg)

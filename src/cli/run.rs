@@ -18,8 +18,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::engine::{Engine, EngineError, PassOptions, PassReport, Scope};
+use crate::source::watch::{self, Debounce};
 use crate::stats::Stats;
-use crate::watch::{self, Debounce};
 
 use super::exit;
 
@@ -49,7 +49,7 @@ pub async fn run(config_path: &Path, _args: Args) -> u8 {
     let stop = CancellationToken::new();
     super::stop_on_signals(stop.clone());
     let server = match cfg.server.listen {
-        Some(addr) => match crate::server::serve(addr, stats.clone(), stop.clone()).await {
+        Some(addr) => match crate::daemon::server::serve(addr, stats.clone(), stop.clone()).await {
             Ok(h) => Some(h),
             Err(e) => {
                 eprintln!("error: cannot listen on {addr} ([server] listen): {e}");

@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
-use crate::state::{FailureRow, Ledger};
+use crate::ledger::{FailureRow, Ledger};
 
 use super::exit;
 
@@ -97,7 +97,7 @@ pub async fn run(config: &Path, args: Args) -> u8 {
     }
 }
 
-async fn collect(ledger: &Ledger) -> Result<Status, crate::state::StateError> {
+async fn collect(ledger: &Ledger) -> Result<Status, crate::ledger::StateError> {
     let mut totals: BTreeMap<String, i64> = ["synced", "failed", "pending", "deleted", "parked"]
         .iter()
         .map(|s| ((*s).to_owned(), 0))

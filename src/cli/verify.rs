@@ -10,8 +10,8 @@ use std::sync::Arc;
 use futures::stream::{self, StreamExt};
 
 use crate::engine::{Engine, PassOptions, Scope};
+use crate::ledger::{now_ms, Op, SyncedTarget};
 use crate::mapping::Target;
-use crate::state::{now_ms, Op, SyncedTarget};
 use crate::stats::Stats;
 
 use super::exit;

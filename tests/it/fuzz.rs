@@ -298,8 +298,10 @@ fn check_parsed(text: &str, parsed: &Result<Config, ConfigError>) -> Result<bool
             prop_assert!(cfg.upload.burst >= 1 && cfg.upload.max_attempts >= 1);
             prop_assert!((1..=100).contains(&cfg.image.jpeg_quality));
             // What the engine builds from it at start must not panic either.
-            let _ =
-                photosync::limiter::Limiter::new(cfg.upload.requests_per_second, cfg.upload.burst);
+            let _ = photosync::engine::limiter::Limiter::new(
+                cfg.upload.requests_per_second,
+                cfg.upload.burst,
+            );
             let _ = photosync::image::Pipeline::new(cfg.image.settings()).fingerprint();
             let _ = (cfg.cloud.login_url(), cfg.cloud.graph_url());
             Ok(true)
@@ -969,7 +971,7 @@ async fn a_tree_of_hostile_names_syncs_only_what_it_should_where_it_should() {
 /// is exactly the valid rows whose file name no other row gives a different target.
 #[test]
 fn mapping_file_reader_accounts_for_every_row() {
-    use photosync::mapfile::MapTable;
+    use photosync::mapping::file::MapTable;
     let cell = prop_oneof![
         Just(String::new()),
         "[0-9]{1,6}",

@@ -8,7 +8,7 @@
 //!    operator runs `retry`.
 //! 4. Everything else → upload, with the reason (new, changed, forced, pipeline changed, retry).
 
-use crate::state::{ContentHash, FileRow, LastFailure, TargetRow};
+use crate::ledger::{ContentHash, FileRow, LastFailure, TargetRow};
 
 const NO_FAILURE: LastFailure = LastFailure {
     hash: None,

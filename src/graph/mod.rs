@@ -5,6 +5,9 @@
 //! that is what Microsoft support asks for. What an error means for the caller (retry, wait,
 //! give up, stop) is decided in one place: [`GraphError::class`].
 
+pub mod auth;
+pub mod resolve;
+
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -13,7 +16,7 @@ use reqwest::header::{HeaderMap, CONTENT_TYPE, RETRY_AFTER};
 use reqwest::{Method, StatusCode};
 use serde::Deserialize;
 
-use crate::auth::{AuthError, TokenSource};
+use crate::graph::auth::{AuthError, TokenSource};
 use crate::mapping::Target;
 
 /// What a failed request means for the work it was part of.

@@ -7,6 +7,8 @@
 //! - a target's Graph path is built only from percent-encoded segments, so no file name can reach
 //!   an unintended URL (`..`, `/`, `?`, `#` never survive unencoded).
 
+pub mod file;
+
 use std::path::{Component, Path};
 
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
@@ -15,7 +17,7 @@ use unicode_normalization::UnicodeNormalization;
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 
 use crate::config::{KeyKind, SourceConfig, TargetKind};
-pub use crate::mapfile::MapTable;
+pub use crate::mapping::file::MapTable;
 
 /// Extensions treated as photos; the content's magic bytes still decide the format.
 const PHOTO_EXTENSIONS: &[&str] = &[

@@ -11,6 +11,10 @@
 //! - shutdown (cancellation) stops intake, lets in-flight uploads finish within the grace period,
 //!   flushes the ledger, and joins every task, inspecting its result.
 
+pub mod decide;
+pub mod limiter;
+pub mod queue;
+
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -23,22 +27,22 @@ use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::AuthError;
+use self::decide::{Decision, Known, Policy, Quick, Reason};
+use self::limiter::{backoff, Limiter};
+use self::queue::{Keyed, Queue};
 use crate::config::{Config, SourceConfig};
+use crate::graph::auth::AuthError;
+use crate::graph::resolve::{self, Outcome, MAX_PER_REQUEST};
 use crate::graph::{ErrorClass, GraphClient, GraphError};
 use crate::image::{Pipeline, Processed, MAX_UPLOAD_BYTES};
-use crate::limiter::{backoff, Limiter};
-use crate::mapfile::MapTable;
-use crate::mapping::{map_with, Lookup, Mapped, Rules, Target};
-use crate::plan::{self, Decision, Known, Policy, Quick, Reason};
-use crate::queue::{Keyed, Queue};
-use crate::report::Row;
-use crate::resolve::{self, Outcome, MAX_PER_REQUEST};
-use crate::source::{self, FileEntry, Found};
-use crate::state::{
+use crate::ledger::{
     now_ms, CachedResolution, ContentHash, FailureClass, FastHash, FileRow, Ledger, Op, Snapshot,
     StateError, TargetRow,
 };
+use crate::mapping::file::MapTable;
+use crate::mapping::{map_with, Lookup, Mapped, Rules, Target};
+use crate::report::Row;
+use crate::source::{self, FileEntry, Found};
 use crate::stats::{Failure, Stats};
 
 /// Files larger than this are not photos; they are refused without being read.
@@ -193,7 +197,7 @@ impl Engine {
         let http =
             crate::graph::http_client(cfg.upload.request_timeout, cfg.upload.connect_timeout)
                 .map_err(EngineError::Http)?;
-        let tokens = Arc::new(crate::auth::TokenSource::new(
+        let tokens = Arc::new(crate::graph::auth::TokenSource::new(
             &cfg.auth,
             &cfg.cloud.login_url(),
             &cfg.cloud.graph_url(),
@@ -1027,7 +1031,7 @@ impl<'a> Planner<'a> {
             file: known_file.map(|(_, f)| f),
             target: known_target.map(|(_, t)| t),
         };
-        match plan::quick(&known, &key, entry.size, entry.mtime_ns, &self.policy()) {
+        match decide::quick(&known, &key, entry.size, entry.mtime_ns, &self.policy()) {
             Quick::Unchanged => {
                 Stats::add(&stats.unchanged, 1);
                 self.row(path, &key, "none", "unchanged", entry.size);
@@ -1407,7 +1411,7 @@ impl<'a> Planner<'a> {
             })
             .await;
         }
-        match plan::after_hash(
+        match decide::after_hash(
             self.snapshot.targets.get(key.as_str()),
             &hash,
             &self.policy(),
