@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
-use crate::ledger::{FailureRow, Ledger};
+use crate::ledger::{FailureClass, FailureRow, Ledger, LedgerError, TargetState};
 
 use super::exit;
 
@@ -23,7 +23,7 @@ pub struct Args {
 struct Status {
     database: String,
     /// Targets by state: synced, failed, pending (cleared by `retry`), deleted, parked.
-    totals: BTreeMap<String, i64>,
+    totals: BTreeMap<&'static str, i64>,
     files: i64,
     /// RFC 3339 time of the last successful upload.
     last_sync: Option<String>,
@@ -40,7 +40,8 @@ struct Status {
 struct FailureJson {
     target: String,
     path: Option<String>,
-    class: Option<String>,
+    /// [`FailureClass::as_str`]: `transient`, `permanent`, `local` or `parked`.
+    class: Option<&'static str>,
     reason: Option<String>,
     http_status: Option<i64>,
     code: Option<String>,
@@ -97,12 +98,12 @@ pub async fn run(config: &Path, args: Args) -> u8 {
     }
 }
 
-async fn collect(ledger: &Ledger) -> Result<Status, crate::ledger::StateError> {
-    let mut totals: BTreeMap<String, i64> = ["synced", "failed", "pending", "deleted", "parked"]
-        .iter()
-        .map(|s| ((*s).to_owned(), 0))
-        .collect();
-    totals.extend(ledger.counts_by_state().await?);
+async fn collect(ledger: &Ledger) -> Result<Status, LedgerError> {
+    let mut totals: BTreeMap<&'static str, i64> =
+        TargetState::ALL.iter().map(|s| (s.as_str(), 0)).collect();
+    for (state, n) in ledger.counts_by_state().await? {
+        totals.insert(state.as_str(), n);
+    }
     let failures: Vec<FailureRow> = ledger.failures().await?;
     let mut by_reason = BTreeMap::new();
     for f in &failures {
@@ -112,14 +113,14 @@ async fn collect(ledger: &Ledger) -> Result<Status, crate::ledger::StateError> {
     }
     let oldest_pending = failures
         .iter()
-        .filter(|f| f.class.as_deref() == Some("transient"))
+        .filter(|f| f.class == Some(FailureClass::Transient))
         .filter_map(|f| f.at)
         .min()
         .map(rfc3339);
     let json = |f: FailureRow| FailureJson {
         target: f.target,
         path: f.path,
-        class: f.class,
+        class: f.class.map(FailureClass::as_str),
         reason: f.reason,
         http_status: f.http_status,
         code: f.code,
@@ -172,9 +173,14 @@ fn print_text(s: &Status) {
             ago(&s.oldest_pending)
         );
     }
-    if !s.parked.is_empty() {
-        println!("parked (user not found yet): {}", s.parked.len());
-        for p in &s.parked {
+    print_parked(&s.parked);
+    print_failures(s);
+}
+
+fn print_parked(parked: &[FailureJson]) {
+    if !parked.is_empty() {
+        println!("parked (user not found yet): {}", parked.len());
+        for p in parked {
             println!(
                 "  {} {}: {} (since {}; next lookup {})",
                 p.target,
@@ -185,6 +191,9 @@ fn print_text(s: &Status) {
             );
         }
     }
+}
+
+fn print_failures(s: &Status) {
     if s.failures.is_empty() {
         return;
     }
@@ -200,7 +209,7 @@ fn print_text(s: &Status) {
             "  {} {}: {} {}: {}{}{}",
             f.target,
             f.path.as_deref().unwrap_or(""),
-            f.class.as_deref().unwrap_or(""),
+            f.class.unwrap_or(""),
             f.reason.as_deref().unwrap_or(""),
             f.message.as_deref().unwrap_or(""),
             f.code

@@ -8,7 +8,7 @@
 //!    operator runs `retry`.
 //! 4. Everything else → upload, with the reason (new, changed, forced, pipeline changed, retry).
 
-use crate::ledger::{ContentHash, FileRow, LastFailure, TargetRow};
+use crate::ledger::{ContentHash, FailureClass, FileRow, LastFailure, TargetRow, TargetState};
 
 const NO_FAILURE: LastFailure = LastFailure {
     hash: None,
@@ -111,7 +111,7 @@ pub fn after_hash(target: Option<&TargetRow>, hash: &ContentHash, policy: &Polic
         return Decision::Upload(Reason::New);
     };
     let fp = Some(policy.fingerprint);
-    if t.state == "synced" && t.last_hash.as_ref() == Some(hash) {
+    if t.state == TargetState::Synced && t.last_hash.as_ref() == Some(hash) {
         return if t.last_fingerprint.as_deref() == fp {
             Decision::Unchanged
         } else {
@@ -119,11 +119,13 @@ pub fn after_hash(target: Option<&TargetRow>, hash: &ContentHash, policy: &Polic
         };
     }
     let failure = t.failure.as_deref().unwrap_or(&NO_FAILURE);
-    if t.state == "failed" && failure.hash.as_ref() == Some(hash) {
+    if t.state == TargetState::Failed && failure.hash.as_ref() == Some(hash) {
         let same_fp = failure.fingerprint.as_deref() == fp;
         match failure.class {
-            Some("permanent" | "local") if same_fp => return Decision::KnownBad,
-            Some("transient")
+            Some(FailureClass::Permanent | FailureClass::Local) if same_fp => {
+                return Decision::KnownBad
+            }
+            Some(FailureClass::Transient)
                 if same_fp
                     && !policy.retry_transient_now
                     && failure.next_attempt_at.is_some_and(|at| at > policy.now_ms) =>
@@ -133,7 +135,7 @@ pub fn after_hash(target: Option<&TargetRow>, hash: &ContentHash, policy: &Polic
             _ => return Decision::Upload(Reason::Retry),
         }
     }
-    if t.state == "parked" && failure.hash.as_ref() == Some(hash) {
+    if t.state == TargetState::Parked && failure.hash.as_ref() == Some(hash) {
         // The user did not exist at the last lookup: look again when due (a backfill: now).
         if !policy.retry_transient_now
             && failure.next_attempt_at.is_some_and(|at| at > policy.now_ms)
@@ -142,7 +144,7 @@ pub fn after_hash(target: Option<&TargetRow>, hash: &ContentHash, policy: &Polic
         }
         return Decision::Upload(Reason::Retry);
     }
-    if t.state == "pending" {
+    if t.state == TargetState::Pending {
         // An operator cleared a failure with `photosync retry`.
         return Decision::Upload(Reason::Retry);
     }
@@ -171,7 +173,7 @@ mod tests {
 
     fn synced(hash: &str, fp: &str) -> TargetRow {
         TargetRow {
-            state: "synced",
+            state: TargetState::Synced,
             last_hash: Some(h(hash)),
             last_fingerprint: Some(fp.into()),
             ..TargetRow::default()
@@ -233,11 +235,11 @@ mod tests {
     #[test]
     fn failures_are_skipped_or_retried_by_class() {
         let failed = |class: &'static str, next: Option<i64>| TargetRow {
-            state: "failed",
+            state: TargetState::Failed,
             failure: Some(Box::new(LastFailure {
                 hash: Some(h("h")),
                 fingerprint: Some("fp1".into()),
-                class: Some(class),
+                class: class.parse().ok(),
                 next_attempt_at: next,
                 ..LastFailure::default()
             })),

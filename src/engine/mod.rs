@@ -36,8 +36,8 @@ use crate::graph::resolve::{self, Outcome, MAX_PER_REQUEST};
 use crate::graph::{ErrorClass, GraphClient, GraphError};
 use crate::image::{Pipeline, Processed, MAX_UPLOAD_BYTES};
 use crate::ledger::{
-    now_ms, CachedResolution, ContentHash, FailureClass, FastHash, FileRow, Ledger, Op, Snapshot,
-    StateError, TargetRow,
+    now_ms, CachedResolution, ContentHash, FailureClass, FastHash, FileRow, HistoryAction, Ledger,
+    LedgerError, Op, Snapshot, TargetRow, TargetState,
 };
 use crate::mapping::file::MapTable;
 use crate::mapping::{map_with, Lookup, Mapped, Rules, Target};
@@ -54,7 +54,7 @@ const MAX_THROTTLED_PER_ITEM: u32 = 50;
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
     #[error(transparent)]
-    State(#[from] StateError),
+    State(#[from] LedgerError),
     #[error(transparent)]
     Auth(#[from] AuthError),
     #[error(transparent)]
@@ -63,11 +63,11 @@ pub enum EngineError {
     Http(#[source] reqwest::Error),
     #[error("a {task} task panicked: {message}")]
     Panicked { task: &'static str, message: String },
-    #[error("cannot write the database {}: {source}; the run stopped, and what was uploaded but not recorded is uploaded again by the next run", path.display())]
+    #[error("{source}; the run stopped, and what was uploaded but not recorded is uploaded again by the next run")]
     LedgerWrite {
         path: PathBuf,
         #[source]
-        source: StateError,
+        source: LedgerError,
     },
 }
 
@@ -178,7 +178,7 @@ pub struct Engine {
     ledger: Option<Ledger>,
     dry_run: bool,
     workers: JoinSet<()>,
-    writer_task: Option<tokio::task::JoinHandle<Result<(), StateError>>>,
+    writer_task: Option<tokio::task::JoinHandle<Result<(), LedgerError>>>,
 }
 
 const MEMORY_BUDGET_KIB: usize = 256 * 1024;
@@ -1186,10 +1186,9 @@ impl<'a> Planner<'a> {
             else {
                 continue;
             };
-            let synced =
-                self.snapshot.targets.get(key.as_str()).is_some_and(|t| {
-                    t.state == "synced" && t.path.as_deref() == Some(path.as_str())
-                });
+            let synced = self.snapshot.targets.get(key.as_str()).is_some_and(|t| {
+                t.state == TargetState::Synced && t.path.as_deref() == Some(path.as_str())
+            });
             // Another file still names this target (a conflict, or a rename within it).
             let still_named = self.seen.get(&self.claim_key(&key)).is_some()
                 || self
@@ -1340,7 +1339,7 @@ impl<'a> Planner<'a> {
             .snapshot
             .targets
             .get(key)
-            .is_some_and(|t| t.state == "parked");
+            .is_some_and(|t| t.state == TargetState::Parked);
         if parked {
             Stats::add(&self.shared.stats.parked, 1);
         } else {
@@ -1640,7 +1639,7 @@ async fn upload(shared: &Arc<Shared>, job: &Job, hash: &str, bytes: Bytes, reaso
                     http_status: reply.status,
                     request_id: reply.request_id,
                     client_request_id: Some(reply.client_request_id),
-                    action: "upload",
+                    action: HistoryAction::Upload,
                     now: now_ms(),
                 },
             )
@@ -1944,8 +1943,8 @@ async fn record_failure(
     };
     let next_attempt_at = after.map(|d| now.saturating_add(millis(d)));
     let (content_hash, action) = match &job.action {
-        Action::Upload { hash, .. } => (Some(hash.clone()), "upload"),
-        Action::Delete => (None, "delete"),
+        Action::Upload { hash, .. } => (Some(hash.clone()), HistoryAction::Upload),
+        Action::Delete => (None, HistoryAction::Delete),
     };
     let f = Failure {
         path: job.path.clone(),
@@ -1984,7 +1983,7 @@ async fn record_failure(
             ..Row::default()
         });
     } else {
-        shared.stats.fail_as(f, action);
+        shared.stats.fail_as(f, action.as_str());
     }
 }
 
@@ -2005,7 +2004,7 @@ async fn writer(
     ledger: Ledger,
     mut rx: mpsc::Receiver<WriterMsg>,
     shared: Arc<Shared>,
-) -> Result<(), StateError> {
+) -> Result<(), LedgerError> {
     let weak = Arc::downgrade(&shared);
     drop(shared);
     let mut batch = Vec::with_capacity(512);
