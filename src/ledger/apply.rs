@@ -39,6 +39,7 @@ async fn apply_batch(pool: &SqlitePool, ops: &[Op]) -> sqlx::Result<()> {
 /// Writes one op that is not gathered.
 async fn apply_one(tx: &mut SqliteConnection, op: &Op) -> sqlx::Result<()> {
     match op {
+        // Gathered by `Bulk::gather`: never passed here.
         Op::File { .. } | Op::Uploaded { .. } | Op::Etag { .. } => Ok(()),
         Op::ForgetFile { path } => forget_file(tx, path).await,
         Op::Resolved {

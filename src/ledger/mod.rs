@@ -8,14 +8,15 @@
 //!   safe because a photo upload is idempotent;
 //! - the planner reads a [`Snapshot`] loaded in a few queries per table, never a query per file.
 //!
-//! Two drivers share the file: sqlx (this file, [`apply`], [`queries`]) owns the pool, the
-//! migrations and every write; rusqlite reads the planner's [`Snapshot`] (see [`snapshot`] for
+//! Two drivers share the file: sqlx (this file, `apply.rs`, `queries.rs`) owns the pool, the
+//! migrations and every write; rusqlite reads the planner's [`Snapshot`] (`snapshot.rs` says
 //! why).
 //!
-//! - [`states`]: the typed words stored as text ([`TargetState`], [`FailureClass`]);
-//! - [`snapshot`]: the planner's view, read in one transaction;
-//! - [`op`]: the write vocabulary; [`apply`]: one small function per op, one transaction a batch;
-//! - [`queries`]: what `status`, `retry`, `verify` and the daemon read.
+//! - `states.rs`: the typed words stored as text ([`TargetState`], [`FailureClass`]);
+//! - `snapshot.rs`: the planner's view, read in one transaction;
+//! - `op.rs`: the write vocabulary ([`Op`]); `apply.rs`: [`Ledger::apply`], one small function
+//!   per op, one transaction a batch;
+//! - `queries.rs`: what `status`, `retry`, `verify` and the daemon read.
 
 mod apply;
 #[cfg(test)]
