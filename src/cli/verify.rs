@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use futures::stream::{self, StreamExt};
 
-use crate::engine::{Engine, PassOptions, Scope};
+use crate::engine::{Engine, EngineError, PassOptions, Scope};
 use crate::ledger::SyncedTarget;
 use crate::mapping::Target;
 use crate::stats::Stats;
@@ -61,21 +61,12 @@ pub async fn run(config: &Path, args: Args) -> u8 {
     };
     let total = targets.len();
     let tally = check_all(&engine, targets, cfg.upload.workers, args.repair).await;
-    let mut result = Ok(());
-    if args.repair && !tally.drifted.is_empty() {
-        let drifted = tally.drifted.clone();
-        result = match engine
-            .plan(Scope::Paths(drifted), PassOptions::default())
-            .await
-        {
-            Ok(_) => engine.drain().await,
-            Err(e) => Err(e),
-        };
-    }
     let mut code = exit::OK;
-    if let Err(e) = result {
-        eprintln!("error: {e}");
-        code = exit::FATAL;
+    if args.repair && !tally.drifted.is_empty() {
+        if let Err(e) = repair(&engine, tally.drifted.clone()).await {
+            eprintln!("error: {e}");
+            code = exit::FATAL;
+        }
     }
     let shutdown = engine.shutdown(cfg.upload.shutdown_grace).await;
     ledger.close().await;
@@ -83,18 +74,7 @@ pub async fn run(config: &Path, args: Args) -> u8 {
         eprintln!("error: {e}");
         return exit::FATAL;
     }
-    let repaired = Stats::get(&stats.uploaded);
-    println!(
-        "{total} synced photos checked: {} as uploaded, {} changed or removed outside photosync{}, {} could not be checked",
-        tally.same,
-        tally.drift,
-        if args.repair {
-            format!(" ({repaired} uploaded again)")
-        } else {
-            String::new()
-        },
-        tally.unknown,
-    );
+    tally.print(total, args.repair.then(|| Stats::get(&stats.uploaded)));
     if code != exit::OK {
         return code;
     }
@@ -106,6 +86,14 @@ pub async fn run(config: &Path, args: Args) -> u8 {
     }
 }
 
+/// Plans the drifted photos' files again (their targets are pending now) and uploads them.
+async fn repair(engine: &Engine, drifted: Vec<PathBuf>) -> Result<(), EngineError> {
+    engine
+        .plan(Scope::Paths(drifted), PassOptions::default())
+        .await?;
+    engine.drain().await
+}
+
 /// What the checks found.
 #[derive(Default)]
 struct Tally {
@@ -114,6 +102,21 @@ struct Tally {
     unknown: usize,
     /// Files of drifted photos, to upload again (`--repair`).
     drifted: Vec<PathBuf>,
+}
+
+impl Tally {
+    /// The summary line; `repaired` when `--repair` was given.
+    fn print(&self, total: usize, repaired: Option<u64>) {
+        println!(
+            "{total} synced photos checked: {} as uploaded, {} changed or removed outside photosync{}, {} could not be checked",
+            self.same,
+            self.drift,
+            repaired
+                .map(|n| format!(" ({n} uploaded again)"))
+                .unwrap_or_default(),
+            self.unknown,
+        );
+    }
 }
 
 /// Checks every target (as many at a time as there are workers), prints each drift, and has
