@@ -65,7 +65,7 @@ pub struct Intake {
 
 /// What the ledger knows, read once at the start of a pass.
 #[derive(Default)]
-struct Known2 {
+struct LedgerView {
     snapshot: Snapshot,
     /// Parked targets → when they were first parked.
     parked_since: HashMap<String, i64>,
@@ -99,7 +99,7 @@ pub async fn run_pass(
     let (walkers, rx) = start_walks(intake, scope);
     let known = match ledger {
         Some(l) => load_known(l).await,
-        None => Ok(Known2::default()),
+        None => Ok(LedgerView::default()),
     };
     let known = match known {
         Ok(k) => k,
@@ -179,7 +179,7 @@ async fn join_walkers(mut walkers: JoinSet<()>) -> Result<(), EngineError> {
 
 /// The snapshot, when parked targets were first parked, and the mtimes of files that share a
 /// target (stat'ed through the source layer, on the blocking pool).
-async fn load_known(ledger: &Ledger) -> Result<Known2, EngineError> {
+async fn load_known(ledger: &Ledger) -> Result<LedgerView, EngineError> {
     let started = std::time::Instant::now();
     let snapshot = ledger.snapshot().await?;
     tracing::debug!(
@@ -210,7 +210,7 @@ async fn load_known(ledger: &Ledger) -> Result<Known2, EngineError> {
                 message: panic_message(e),
             })?
     };
-    Ok(Known2 {
+    Ok(LedgerView {
         snapshot,
         parked_since,
         rival_mtimes,
@@ -304,7 +304,7 @@ struct Planner<'a> {
 impl<'a> Planner<'a> {
     fn new(
         intake: &'a Intake,
-        known: &'a Known2,
+        known: &'a LedgerView,
         opts: PassOptions,
         whole_tree: bool,
         rules: Vec<Rules>,
