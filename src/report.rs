@@ -12,11 +12,10 @@ use tokio::sync::mpsc;
 pub enum ReportError {
     #[error("report file {0} must end in .csv or .json")]
     Format(PathBuf),
-    #[error("cannot write the report {path}: {source}")]
+    #[error("cannot write the report {path}: {error}")]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
 }
 
@@ -66,17 +65,17 @@ pub fn create(path: &Path) -> Result<(Sink, Writer), ReportError> {
         Some(e) if e.eq_ignore_ascii_case("json") => Format::Json,
         _ => return Err(ReportError::Format(path.to_owned())),
     };
-    let io = |source| ReportError::Io {
+    let io = |error| ReportError::Io {
         path: path.to_owned(),
-        source,
+        error,
     };
     let file = std::fs::File::create(path).map_err(io)?;
     let (tx, mut rx) = mpsc::unbounded_channel::<Row>();
     let path = path.to_owned();
     let handle = tokio::task::spawn_blocking(move || {
-        let io = |source| ReportError::Io {
+        let io = |error| ReportError::Io {
             path: path.clone(),
-            source,
+            error,
         };
         let mut out = std::io::BufWriter::new(file);
         let mut n = 0u64;
@@ -127,7 +126,7 @@ impl Writer {
             Ok(r) => r,
             Err(e) => Err(ReportError::Io {
                 path: PathBuf::new(),
-                source: std::io::Error::other(e.to_string()),
+                error: std::io::Error::other(e.to_string()),
             }),
         }
     }

@@ -4,11 +4,13 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::engine::{human_bytes, Engine, EngineError, Order, PassOptions};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::engine::{Engine, EngineError, Order, PassOptions};
 use crate::ledger::Ledger;
 use crate::stats::Stats;
 
-use super::exit;
+use super::{exit, print};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -41,39 +43,19 @@ pub async fn run(config: &Path, args: Args, interactive: bool) -> u8 {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let ledger = if args.dry_run {
-        Ledger::open_read_only(&cfg.state.database).await
-    } else {
-        Ledger::open(&cfg.state.database).await.map(Some)
-    };
-    let ledger = match ledger {
+    let ledger = match open_ledger(&cfg.state.database, args.dry_run).await {
         Ok(l) => l,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return exit::FATAL;
-        }
+        Err(code) => return code,
     };
-    let grace = cfg.upload.shutdown_grace;
     let stats = Arc::new(Stats::default());
-    let report = match args
-        .report
-        .as_deref()
-        .map(crate::report::create)
-        .transpose()
-    {
-        Ok(r) => r.map(|(sink, writer)| {
-            stats.report_to(sink);
-            writer
-        }),
-        Err(e) => {
-            eprintln!("error: {e}");
-            return exit::USAGE;
-        }
+    let report = match start_report(args.report.as_deref(), &stats) {
+        Ok(r) => r,
+        Err(code) => return code,
     };
     let cancel = tokio_util::sync::CancellationToken::new();
     super::stop_on_signals(cancel.clone());
     let engine = match Engine::start(
-        cfg,
+        &cfg,
         ledger.clone(),
         args.dry_run,
         stats.clone(),
@@ -91,25 +73,88 @@ pub async fn run(config: &Path, args: Args, interactive: bool) -> u8 {
     };
     let started = Instant::now();
     let progress = interactive.then(|| progress_bar(stats.clone()));
+    let previews = engine.previews().map(print::previews);
+    let pass = sync(&engine, &args, &cancel).await;
+    let shutdown = engine.shutdown(cfg.upload.shutdown_grace).await;
+    if let Some(l) = ledger {
+        l.close().await;
+    }
+    stop(progress).await;
+    if let Some(p) = previews {
+        let _ = p.await;
+    }
+    stats.end_report();
+    if let (Some(w), Some(path)) = (report, args.report.as_deref()) {
+        match w.finish().await {
+            Ok(rows) => eprintln!("report: {rows} rows written to {}", path.display()),
+            Err(e) => eprintln!("error: {e}"),
+        }
+    }
+    print::summary(&stats, started.elapsed(), args.dry_run);
+    pass.exit_code(shutdown, &stats)
+}
+
+/// The ledger: opened read-only for a dry run (`None` when there is none yet).
+async fn open_ledger(path: &Path, dry_run: bool) -> Result<Option<Ledger>, u8> {
+    let ledger = if dry_run {
+        Ledger::open_read_only(path).await
+    } else {
+        Ledger::open(path).await.map(Some)
+    };
+    ledger.map_err(|e| {
+        eprintln!("error: {e}");
+        exit::FATAL
+    })
+}
+
+/// Starts the per-item report, when one was asked for.
+fn start_report(path: Option<&Path>, stats: &Stats) -> Result<Option<crate::report::Writer>, u8> {
+    let Some(path) = path else { return Ok(None) };
+    match crate::report::create(path) {
+        Ok((sink, writer)) => {
+            stats.report_to(sink);
+            Ok(Some(writer))
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            Err(exit::USAGE)
+        }
+    }
+}
+
+/// How the pass ended, before shutdown.
+struct PassEnd {
+    result: Result<(), EngineError>,
+    budget_reached: bool,
+    out_of_time: bool,
+    interrupted: bool,
+}
+
+/// One pass, drained; a `--max-duration` stops it the way a signal does (intake stops, in-flight
+/// uploads finish), but it is not an interruption: the exit code says how the items ended.
+async fn sync(
+    engine: &Engine,
+    args: &Args,
+    cancel: &tokio_util::sync::CancellationToken,
+) -> PassEnd {
+    let budgeted = args.max_uploads.is_some() || args.max_duration.is_some();
     let opts = PassOptions {
         force: args.force,
         dry_run: args.dry_run,
         retry_transient_now: true,
         max_uploads: args.max_uploads,
-        order: if args.max_uploads.is_some() || args.max_duration.is_some() {
+        order: if budgeted {
             Order::NewestFirst
         } else {
             Order::AsFound
         },
     };
-    // The time budget stops the run the way a signal does (intake stops, in-flight uploads
-    // finish), but it is not an interruption: the exit code says how the items ended.
-    let out_of_time = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let out_of_time = Arc::new(AtomicBool::new(false));
     let timer = args.max_duration.map(|d| {
         let (cancel, out_of_time) = (cancel.clone(), out_of_time.clone());
         tokio::spawn(async move {
             tokio::time::sleep(d).await;
-            out_of_time.store(true, std::sync::atomic::Ordering::SeqCst);
+            out_of_time.store(true, Ordering::SeqCst);
             cancel.cancel();
         })
     });
@@ -126,48 +171,48 @@ pub async fn run(config: &Path, args: Args, interactive: bool) -> u8 {
     if result.is_ok() {
         result = engine.drain().await;
     }
-    if let Some(t) = timer {
-        t.abort();
+    stop(timer).await;
+    let out_of_time = out_of_time.load(Ordering::SeqCst);
+    PassEnd {
+        result,
+        budget_reached,
+        out_of_time,
+        interrupted: cancel.is_cancelled() && !out_of_time,
     }
-    let out_of_time = out_of_time.load(std::sync::atomic::Ordering::SeqCst);
-    let interrupted = cancel.is_cancelled() && !out_of_time;
-    let shutdown = engine.shutdown(grace).await;
-    if let Some(l) = ledger {
-        l.close().await;
-    }
-    if let Some(p) = progress {
-        p.abort();
-    }
-    let result = result.and(shutdown);
-    stats.end_report();
-    if let (Some(w), Some(path)) = (report, args.report.as_deref()) {
-        match w.finish().await {
-            Ok(rows) => eprintln!("report: {rows} rows written to {}", path.display()),
-            Err(e) => eprintln!("error: {e}"),
+}
+
+impl PassEnd {
+    fn exit_code(self, shutdown: Result<(), EngineError>, stats: &Stats) -> u8 {
+        if self.budget_reached || self.out_of_time {
+            println!(
+                "budget reached ({}): stopped cleanly; the next run goes on with the photos not yet uploaded",
+                if self.out_of_time {
+                    "--max-duration"
+                } else {
+                    "--max-uploads"
+                }
+            );
         }
-    }
-    print_summary(&stats, started.elapsed(), args.dry_run);
-    if budget_reached || out_of_time {
-        println!(
-            "budget reached ({}): stopped cleanly; the next run goes on with the photos not yet uploaded",
-            if out_of_time {
-                "--max-duration"
-            } else {
-                "--max-uploads"
+        match self.result.and(shutdown) {
+            Err(e) => {
+                eprintln!("error: {e}");
+                exit::FATAL
             }
-        );
+            Ok(()) if self.interrupted => {
+                eprintln!("interrupted: photos not yet uploaded will be picked up by the next run");
+                exit::ITEMS_FAILED
+            }
+            Ok(()) if Stats::get(&stats.failed) > 0 => exit::ITEMS_FAILED,
+            Ok(()) => exit::OK,
+        }
     }
-    match result {
-        Err(e) => {
-            eprintln!("error: {e}");
-            exit::FATAL
-        }
-        Ok(()) if interrupted => {
-            eprintln!("interrupted: photos not yet uploaded will be picked up by the next run");
-            exit::ITEMS_FAILED
-        }
-        Ok(()) if Stats::get(&stats.failed) > 0 => exit::ITEMS_FAILED,
-        Ok(()) => exit::OK,
+}
+
+/// Ends a helper task and joins it.
+async fn stop(task: Option<tokio::task::JoinHandle<()>>) {
+    if let Some(t) = task {
+        t.abort();
+        let _ = t.await;
     }
 }
 
@@ -203,67 +248,4 @@ fn scopeguard(bar: indicatif::ProgressBar) -> impl Drop {
         }
     }
     Clear(bar)
-}
-
-fn print_summary(stats: &Stats, elapsed: Duration, dry_run: bool) {
-    let skipped = stats.skipped();
-    let skipped_detail = skipped
-        .iter()
-        .map(|(k, v)| format!("{k} {v}"))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let verb = if dry_run { "to upload" } else { "uploaded" };
-    let done = if dry_run {
-        Stats::get(&stats.pending)
-    } else {
-        Stats::get(&stats.uploaded)
-    };
-    let deleted = Stats::get(&stats.deleted);
-    let parked = Stats::get(&stats.parked);
-    println!(
-        "{} photos: {done} {verb}, {} unchanged, {}{} failed, {} skipped{}{}{}",
-        Stats::get(&stats.files),
-        Stats::get(&stats.unchanged),
-        if parked > 0 {
-            format!("{parked} parked (user not found yet), ")
-        } else {
-            String::new()
-        },
-        Stats::get(&stats.failed),
-        stats.skipped_total(),
-        if skipped_detail.is_empty() {
-            String::new()
-        } else {
-            format!(" ({skipped_detail})")
-        },
-        if deleted > 0 {
-            format!("; {deleted} photos deleted")
-        } else {
-            String::new()
-        },
-        if dry_run {
-            String::new()
-        } else {
-            format!(
-                "; {} retries, {} throttled; {} sent in {:.1}s",
-                Stats::get(&stats.retries),
-                Stats::get(&stats.throttled),
-                human_bytes(Stats::get(&stats.bytes_uploaded)),
-                elapsed.as_secs_f64()
-            )
-        }
-    );
-    let failures = stats.failures();
-    if !failures.is_empty() {
-        println!("failed:");
-        for f in failures {
-            println!(
-                "  {}{}: {}: {}",
-                f.path,
-                f.target.map(|t| format!(" ({t})")).unwrap_or_default(),
-                f.reason,
-                f.message
-            );
-        }
-    }
 }

@@ -12,6 +12,7 @@ use crate::config::{Config, DEFAULT_CONFIG_PATH};
 
 mod backfill;
 mod check;
+mod print;
 mod retry;
 mod run;
 mod status;

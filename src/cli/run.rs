@@ -63,7 +63,7 @@ pub async fn run(config_path: &Path, _args: Args) -> u8 {
     let code = loop {
         let engine_stop = stop.child_token();
         let engine = match Engine::start(
-            cfg.clone(),
+            &cfg,
             Some(ledger.clone()),
             false,
             stats.clone(),

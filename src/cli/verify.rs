@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use futures::stream::{self, StreamExt};
 
-use crate::engine::{Engine, PassOptions, Scope};
-use crate::ledger::{now_ms, Op, SyncedTarget};
+use crate::engine::{Engine, EngineError, PassOptions, Scope};
+use crate::ledger::SyncedTarget;
 use crate::mapping::Target;
 use crate::stats::Stats;
 
@@ -42,17 +42,10 @@ pub async fn run(config: &Path, args: Args) -> u8 {
         Ok(l) => l,
         Err(code) => return code,
     };
-    let workers = cfg.upload.workers;
     let stats = Arc::new(Stats::default());
     let cancel = tokio_util::sync::CancellationToken::new();
     super::stop_on_signals(cancel.clone());
-    let engine = match Engine::start(
-        cfg,
-        Some(ledger.clone()),
-        false,
-        stats.clone(),
-        cancel.clone(),
-    ) {
+    let engine = match Engine::start(&cfg, Some(ledger.clone()), false, stats.clone(), cancel) {
         Ok(e) => e,
         Err(e) => {
             eprintln!("error: {e}");
@@ -67,36 +60,95 @@ pub async fn run(config: &Path, args: Args) -> u8 {
         }
     };
     let total = targets.len();
-    let engine_ref = &engine;
+    let tally = check_all(&engine, targets, cfg.upload.workers, args.repair).await;
+    let mut code = exit::OK;
+    if args.repair && !tally.drifted.is_empty() {
+        if let Err(e) = repair(&engine, tally.drifted.clone()).await {
+            eprintln!("error: {e}");
+            code = exit::FATAL;
+        }
+    }
+    let shutdown = engine.shutdown(cfg.upload.shutdown_grace).await;
+    ledger.close().await;
+    if let Err(e) = shutdown {
+        eprintln!("error: {e}");
+        return exit::FATAL;
+    }
+    tally.print(total, args.repair.then(|| Stats::get(&stats.uploaded)));
+    if code != exit::OK {
+        return code;
+    }
+    let unrepaired = !args.repair && tally.drift > 0;
+    if unrepaired || tally.unknown > 0 || Stats::get(&stats.failed) > 0 {
+        exit::ITEMS_FAILED
+    } else {
+        exit::OK
+    }
+}
+
+/// Plans the drifted photos' files again (their targets are pending now) and uploads them.
+async fn repair(engine: &Engine, drifted: Vec<PathBuf>) -> Result<(), EngineError> {
+    engine
+        .plan(Scope::Paths(drifted), PassOptions::default())
+        .await?;
+    engine.drain().await
+}
+
+/// What the checks found.
+#[derive(Default)]
+struct Tally {
+    same: usize,
+    drift: usize,
+    unknown: usize,
+    /// Files of drifted photos, to upload again (`--repair`).
+    drifted: Vec<PathBuf>,
+}
+
+impl Tally {
+    /// The summary line; `repaired` when `--repair` was given.
+    fn print(&self, total: usize, repaired: Option<u64>) {
+        println!(
+            "{total} synced photos checked: {} as uploaded, {} changed or removed outside photosync{}, {} could not be checked",
+            self.same,
+            self.drift,
+            repaired
+                .map(|n| format!(" ({n} uploaded again)"))
+                .unwrap_or_default(),
+            self.unknown,
+        );
+    }
+}
+
+/// Checks every target (as many at a time as there are workers), prints each drift, and has
+/// the engine record baselines and (with `repair`) drifts.
+async fn check_all(
+    engine: &Engine,
+    targets: Vec<SyncedTarget>,
+    workers: usize,
+    repair: bool,
+) -> Tally {
     let results: Vec<(SyncedTarget, Found)> = stream::iter(targets)
         .map(|t| async move {
-            let found = check_one(engine_ref, &t).await;
+            let found = check_one(engine, &t).await;
             (t, found)
         })
         .buffer_unordered(workers)
         .collect()
         .await;
-    let mut drifted: Vec<PathBuf> = Vec::new();
-    let mut drift = 0usize;
-    let mut ops = Vec::new();
-    let (mut same, mut unknown) = (0usize, 0usize);
+    let mut tally = Tally::default();
     for (t, found) in results {
         let what = match found {
             Found::Same => {
-                same += 1;
+                tally.same += 1;
                 continue;
             }
             Found::Baseline(etag) => {
-                same += 1;
-                ops.push(Op::Etag {
-                    target_key: t.target_key.clone(),
-                    graph_id: None,
-                    media_etag: etag,
-                });
+                tally.same += 1;
+                engine.record_baseline(&t.target_key, etag).await;
                 continue;
             }
             Found::Unknown(why) => {
-                unknown += 1;
+                tally.unknown += 1;
                 eprintln!("cannot check {}: {why}", t.target_key);
                 continue;
             }
@@ -111,60 +163,13 @@ pub async fn run(config: &Path, args: Args) -> u8 {
                 .map(|p| format!("; file {p}"))
                 .unwrap_or_default()
         );
-        drift += 1;
-        if args.repair {
-            ops.push(Op::Drifted {
-                target_key: t.target_key.clone(),
-                now: now_ms(),
-            });
-            if let Some(p) = t.path {
-                drifted.push(PathBuf::from(p));
-            }
+        tally.drift += 1;
+        if repair {
+            engine.record_drift(&t.target_key).await;
+            tally.drifted.extend(t.path.map(PathBuf::from));
         }
     }
-    if let Err(e) = ledger.apply(&ops).await {
-        eprintln!("error: {e}");
-        return exit::FATAL;
-    }
-    let mut code = exit::OK;
-    if args.repair && !drifted.is_empty() {
-        let planned = engine
-            .plan(Scope::Paths(drifted), PassOptions::default())
-            .await;
-        let drained = match planned {
-            Ok(_) => engine.drain().await,
-            Err(e) => Err(e),
-        };
-        if let Err(e) = drained {
-            eprintln!("error: {e}");
-            code = exit::FATAL;
-        }
-    }
-    let shutdown = engine.shutdown(std::time::Duration::from_secs(30)).await;
-    ledger.close().await;
-    if let Err(e) = shutdown {
-        eprintln!("error: {e}");
-        return exit::FATAL;
-    }
-    let repaired = Stats::get(&stats.uploaded);
-    println!(
-        "{total} synced photos checked: {same} as uploaded, {} changed or removed outside photosync{}, {unknown} could not be checked",
-        drift,
-        if args.repair {
-            format!(" ({repaired} uploaded again)")
-        } else {
-            String::new()
-        },
-    );
-    if code != exit::OK {
-        return code;
-    }
-    let unrepaired = !args.repair && drift > 0;
-    if unrepaired || unknown > 0 || Stats::get(&stats.failed) > 0 {
-        exit::ITEMS_FAILED
-    } else {
-        exit::OK
-    }
+    tally
 }
 
 async fn check_one(engine: &Engine, t: &SyncedTarget) -> Found {
@@ -180,7 +185,6 @@ async fn check_one(engine: &Engine, t: &SyncedTarget) -> Found {
             (Some(recorded), Some(current)) if *recorded == current => Found::Same,
             (Some(_), Some(_)) => Found::Changed,
         },
-        Err(Some(e)) => Found::Unknown(e.to_string()),
-        Err(None) => Found::Unknown("stopped".into()),
+        Err(e) => Found::Unknown(e.to_string()),
     }
 }

@@ -5,6 +5,7 @@
 //! only when they stay inside the root (a link out of the root, or a loop, is reported and
 //! skipped). Hidden directories are not descended into.
 
+pub mod probe;
 pub mod watch;
 
 use std::path::{Path, PathBuf};

@@ -457,3 +457,53 @@ async fn the_daemon_follows_a_changed_mapping_file() {
     assert_eq!(env.emu.user_photo(&bob).unwrap().bytes, unique_jpeg(1001));
     daemon.stop().await;
 }
+
+/// `parked_max_age` counts from the first time a photo was parked, as the ledger recorded it:
+/// a photo parked longer ago than that is given up, whichever pass looks for its user again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_photo_parked_longer_than_parked_max_age_is_given_up() {
+    let env = Env::new().await;
+    env.write_config(&format!(
+        "{}\n[sync]\nparked_max_age = \"30days\"\n",
+        staff_source("employee_id", "")
+    ));
+    env.put("staff/004711.jpg", &unique_jpeg(4711));
+    let out = env.run(&["backfill"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("1 parked"),
+        "{}",
+        text(&out)
+    );
+
+    // Parked 40 days ago, and still nobody has the employee id.
+    let forty_days_ago = photosync::ledger::now_ms() - 40 * 24 * 3600 * 1000;
+    let db = rusqlite::Connection::open(env.db()).unwrap();
+    let changed = db
+        .execute(
+            "UPDATE targets SET parked_since = ?1 WHERE state = 'parked'",
+            [forty_days_ago],
+        )
+        .unwrap();
+    assert_eq!(changed, 1);
+    drop(db);
+    let out = env.run(&["backfill"]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("no_such_user: no user has employeeId 004711 (looked for since "),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        stdout.contains("parked_max_age 30days is over)"),
+        "{}",
+        text(&out)
+    );
+
+    let out = env.run(&["status", "--json"]).await;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["totals"]["parked"], 0, "{v}");
+    assert_eq!(v["failures"][0]["class"], "permanent", "{v}");
+    assert!(upload_requests(&env.emu).is_empty());
+}
