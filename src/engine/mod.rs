@@ -398,9 +398,8 @@ impl Engine {
                             reads.push(read);
                         }
                     }
-                    Some(Found::Problem { path, message }) => {
-                        tracing::warn!(path = %path.display(), %message, "skipped");
-                        planner.shared.stats.skip("unfollowed_link");
+                    Some(Found::Problem { path, problem, message }) => {
+                        count_problem(&planner.shared.stats, &path, problem, message);
                     }
                     Some(Found::Gone { source, path }) => planner.on_gone(source, &path),
                     Some(Found::RootDone { source, files }) => planner.root_files[source] = Some(files),
@@ -680,6 +679,24 @@ impl<'a> Claims<'a> {
 }
 
 /// The address of a snapshot string: its identity while the snapshot lives.
+/// A link the walk did not follow is a skip; a file or folder it could not read is a failure
+/// naming the path (see [`source::Problem::is_failure`]).
+fn count_problem(stats: &Stats, path: &Path, problem: source::Problem, message: String) {
+    let reason = problem.as_str();
+    if problem.is_failure() {
+        tracing::warn!(path = %path.display(), reason, %message, "cannot read");
+        stats.fail(Failure::local(
+            path.display().to_string(),
+            None,
+            reason,
+            message,
+        ));
+    } else {
+        tracing::warn!(path = %path.display(), reason, %message, "skipped");
+        stats.skip(reason);
+    }
+}
+
 fn address(s: &Arc<str>) -> usize {
     s.as_ptr() as usize
 }
@@ -769,10 +786,11 @@ impl<'a> Planner<'a> {
         while let Some(found) = rx.recv().await {
             match found {
                 Found::File(entry) => files.push(entry),
-                Found::Problem { path, message } => {
-                    tracing::warn!(path = %path.display(), %message, "skipped");
-                    self.shared.stats.skip("unfollowed_link");
-                }
+                Found::Problem {
+                    path,
+                    problem,
+                    message,
+                } => count_problem(&self.shared.stats, &path, problem, message),
                 Found::Gone { source, path } => self.on_gone(source, &path),
                 Found::RootDone { source, files } => self.root_files[source] = Some(files),
             }
