@@ -194,16 +194,10 @@ impl Engine {
         stats: Arc<Stats>,
         cancel: CancellationToken,
     ) -> Result<Engine, EngineError> {
-        let http =
-            crate::graph::http_client(cfg.upload.request_timeout, cfg.upload.connect_timeout)
-                .map_err(EngineError::Http)?;
-        let tokens = Arc::new(crate::graph::auth::TokenSource::new(
-            &cfg.auth,
-            &cfg.cloud.login_url(),
-            &cfg.cloud.graph_url(),
-            http.clone(),
-        )?);
-        let graph = GraphClient::new(http, &cfg.cloud.graph_url(), tokens);
+        let graph = crate::graph::connect(&cfg).map_err(|e| match e {
+            crate::graph::ConnectError::Http(e) => EngineError::Http(e),
+            crate::graph::ConnectError::Auth(e) => EngineError::Auth(e),
+        })?;
         let pipeline = Pipeline::new(cfg.image.settings());
         let fingerprint = pipeline.fingerprint();
         let cores = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);

@@ -489,6 +489,35 @@ async fn config_errors_exit_2_and_name_the_key() {
     assert!(env.emu.requests().is_empty());
 }
 
+/// An `include` list too big to compile as a set was dropped after validation, so every file
+/// of the source was uploaded.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_glob_that_does_not_compile_refuses_the_config() {
+    let env = Env::new().await;
+    env.add_user("a@contoso.com");
+    env.put("staff/archive/a@contoso.com.jpg", &jpeg(1));
+    let alternatives: Vec<String> = (0..50_000).map(|i| format!("a{i}*b")).collect();
+    env.write_config(&format!(
+        "\n[[source]]\nroot = \"staff\"\ntarget = \"user\"\nkey = \"upn\"\ninclude = [\"{{{}}}\"]\n",
+        alternatives.join(",")
+    ));
+    let out = env.run(&["backfill"]).await;
+    let all = text(&out);
+    let head: String = all.chars().take(400).collect();
+    assert_eq!(out.status.code(), Some(2), "{head}");
+    assert!(all.contains("`source[3].include`"), "{head}");
+    assert!(all.contains("config.toml:42"), "{head}");
+    assert!(env.emu.requests().is_empty());
+    assert!(env.emu.user_photo("a@contoso.com").is_none());
+
+    env.write_config(
+        "\n[[source]]\nroot = \"staff\"\ntarget = \"user\"\nkey = \"upn\"\nexclude = [\"[old\"]\n",
+    );
+    let out = env.run(&["backfill"]).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("`source[3].exclude`"), "{}", text(&out));
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn two_files_for_one_target_the_newest_wins_every_time() {
     let env = Env::new().await;
