@@ -376,7 +376,37 @@ impl TokenSource {
 
     #[tracing::instrument(skip_all, fields(client_id = %self.client_id))]
     async fn fetch(&self) -> Result<(AccessToken, Duration), AuthError> {
-        let mut form: Vec<(&str, String)> = vec![
+        let resp = self
+            .http
+            .post(&self.token_url)
+            .form(&self.form()?)
+            .send()
+            .await
+            .map_err(|e| AuthError::Transport(e.without_url()))?;
+        let status = resp.status().as_u16();
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| AuthError::Transport(e.without_url()))?;
+        if !(200..300).contains(&status) {
+            return Err(refusal(status, &body));
+        }
+        let t: TokenResponse =
+            serde_json::from_slice(&body).map_err(|_| AuthError::Malformed { status })?;
+        // Bounded: an absurd expires_in must not overflow the clock arithmetic below.
+        let life = Duration::from_secs(t.expires_in.clamp(1, 24 * 3600));
+        let tok = AccessToken {
+            value: Arc::new(SecretString::from(t.access_token)),
+            generation: self.generation.fetch_add(1, Ordering::Relaxed) + 1,
+            expires_at: SystemTime::now() + life,
+        };
+        tracing::debug!(expires_in = t.expires_in, "token obtained");
+        Ok((tok, life))
+    }
+
+    /// The client-credentials request: the secret, or a freshly signed assertion.
+    fn form(&self) -> Result<Vec<(&'static str, String)>, AuthError> {
+        let mut form = vec![
             ("grant_type", "client_credentials".into()),
             ("client_id", self.client_id.clone()),
             ("scope", self.scope.clone()),
@@ -399,55 +429,7 @@ impl TokenSource {
                 ));
             }
         }
-        let resp = self
-            .http
-            .post(&self.token_url)
-            .form(&form)
-            .send()
-            .await
-            .map_err(|e| AuthError::Transport(e.without_url()))?;
-        let status = resp.status().as_u16();
-        let body = resp
-            .bytes()
-            .await
-            .map_err(|e| AuthError::Transport(e.without_url()))?;
-        if (200..300).contains(&status) {
-            let t: TokenResponse =
-                serde_json::from_slice(&body).map_err(|_| AuthError::Malformed { status })?;
-            // Bounded: an absurd expires_in must not overflow the clock arithmetic below.
-            let life = Duration::from_secs(t.expires_in.clamp(1, 24 * 3600));
-            let tok = AccessToken {
-                value: Arc::new(SecretString::from(t.access_token)),
-                generation: self.generation.fetch_add(1, Ordering::Relaxed) + 1,
-                expires_at: SystemTime::now() + life,
-            };
-            tracing::debug!(expires_in = t.expires_in, "token obtained");
-            return Ok((tok, life));
-        }
-        let e: TokenErrorBody = serde_json::from_slice(&body).unwrap_or_default();
-        let description = e.error_description.lines().next().unwrap_or("").to_owned();
-        let aadsts = e
-            .error_codes
-            .first()
-            .copied()
-            .or_else(|| parse_aadsts(&description));
-        if status >= 500 || e.error == "temporarily_unavailable" || status == 429 {
-            return Err(AuthError::Unavailable {
-                status,
-                error: e.error,
-                description,
-            });
-        }
-        if e.error.is_empty() {
-            return Err(AuthError::Malformed { status });
-        }
-        Err(AuthError::Rejected {
-            status,
-            error: e.error,
-            hint: aadsts.and_then(hint_for),
-            aadsts,
-            description,
-        })
+        Ok(form)
     }
 
     fn assertion(
@@ -482,6 +464,35 @@ impl TokenSource {
     }
 }
 
+/// What a non-2xx answer of the token endpoint means: a passing outage, a body that is not
+/// Entra's, or credentials refused (with the AADSTS code and a hint when one is known).
+fn refusal(status: u16, body: &[u8]) -> AuthError {
+    let e: TokenErrorBody = serde_json::from_slice(body).unwrap_or_default();
+    let description = e.error_description.lines().next().unwrap_or("").to_owned();
+    let aadsts = e
+        .error_codes
+        .first()
+        .copied()
+        .or_else(|| parse_aadsts(&description));
+    if status >= 500 || e.error == "temporarily_unavailable" || status == 429 {
+        return AuthError::Unavailable {
+            status,
+            error: e.error,
+            description,
+        };
+    }
+    if e.error.is_empty() {
+        return AuthError::Malformed { status };
+    }
+    AuthError::Rejected {
+        status,
+        error: e.error,
+        hint: aadsts.and_then(hint_for),
+        aadsts,
+        description,
+    }
+}
+
 fn parse_aadsts(description: &str) -> Option<u32> {
     let rest = &description[description.find("AADSTS")? + 6..];
     let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
@@ -500,6 +511,29 @@ mod tests {
         );
         assert_eq!(parse_aadsts("nothing here"), None);
         assert!(hint_for(7_000_215).unwrap().contains("Value"));
+    }
+
+    #[test]
+    fn token_endpoint_answers_are_classified() {
+        let body = br#"{"error":"invalid_client","error_description":"AADSTS7000215: Invalid client secret provided.\r\nTrace ID: x","error_codes":[7000215]}"#;
+        match refusal(401, body) {
+            AuthError::Rejected {
+                aadsts, hint, description, ..
+            } => {
+                assert_eq!(aadsts, Some(7_000_215));
+                assert!(hint.is_some());
+                assert!(!description.contains("Trace ID"), "{description}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            refusal(503, b"{}"),
+            AuthError::Unavailable { status: 503, .. }
+        ));
+        assert!(matches!(
+            refusal(400, b"<html>"),
+            AuthError::Malformed { status: 400 }
+        ));
     }
 
     fn auth() -> AuthConfig {
