@@ -518,7 +518,10 @@ mod tests {
         let body = br#"{"error":"invalid_client","error_description":"AADSTS7000215: Invalid client secret provided.\r\nTrace ID: x","error_codes":[7000215]}"#;
         match refusal(401, body) {
             AuthError::Rejected {
-                aadsts, hint, description, ..
+                aadsts,
+                hint,
+                description,
+                ..
             } => {
                 assert_eq!(aadsts, Some(7_000_215));
                 assert!(hint.is_some());

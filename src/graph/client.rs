@@ -102,19 +102,34 @@ impl GraphClient {
         body: Bytes,
         content_type: &'static str,
     ) -> Result<Reply, GraphError> {
-        let url = format!("{}{}{}", self.host, paths::VERSION, paths::photo_value_path(target));
+        let url = format!(
+            "{}{}{}",
+            self.host,
+            paths::VERSION,
+            paths::photo_value_path(target)
+        );
         self.send(method, &url, Some((body, content_type))).await
     }
 
     /// Removes the photo of a user or group.
     pub async fn delete_photo(&self, target: &Target) -> Result<Reply, GraphError> {
-        let url = format!("{}{}{}", self.host, paths::VERSION, paths::photo_value_path(target));
+        let url = format!(
+            "{}{}{}",
+            self.host,
+            paths::VERSION,
+            paths::photo_value_path(target)
+        );
         self.send(Method::DELETE, &url, None).await
     }
 
     /// Reads the photo's metadata (its `mediaEtag` changes whenever the photo does).
     pub async fn photo_meta(&self, target: &Target) -> Result<PhotoMeta, GraphError> {
-        let url = format!("{}{}{}", self.host, paths::VERSION, paths::photo_path(target));
+        let url = format!(
+            "{}{}{}",
+            self.host,
+            paths::VERSION,
+            paths::photo_path(target)
+        );
         let reply = self.send(Method::GET, &url, None).await?;
         serde_json::from_slice(&reply.body).map_err(|_| GraphError::Status {
             status: reply.status,

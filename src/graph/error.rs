@@ -120,7 +120,6 @@ impl GraphError {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -16,5 +16,7 @@ pub mod error;
 pub mod paths;
 pub mod resolve;
 
-pub use client::{connect, http_client, parse_retry_after, ConnectError, GraphClient, PhotoMeta, Reply};
+pub use client::{
+    connect, http_client, parse_retry_after, ConnectError, GraphClient, PhotoMeta, Reply,
+};
 pub use error::{ErrorClass, GraphError, TransportKind};

@@ -56,7 +56,10 @@ pub fn scope(graph_url: &str) -> String {
 /// `/users/alice@contoso.com/photo`. A target with a `lookup` must be resolved first (see
 /// [`crate::graph::resolve`]).
 pub fn photo_path(target: &Target) -> String {
-    debug_assert!(target.lookup.is_none(), "photo_path of an unresolved {target}");
+    debug_assert!(
+        target.lookup.is_none(),
+        "photo_path of an unresolved {target}"
+    );
     match target.kind {
         TargetKind::User => format!("{}/photo", user_segment(&target.id)),
         TargetKind::Group => format!("/groups/{}/photo", segment(&target.id)),
@@ -200,7 +203,10 @@ mod tests {
             token_url("https://login.example", "contoso.com/../x?y"),
             "https://login.example/contoso.com%2F..%2Fx%3Fy/oauth2/v2.0/token"
         );
-        assert_eq!(scope("https://graph.example"), "https://graph.example/.default");
+        assert_eq!(
+            scope("https://graph.example"),
+            "https://graph.example/.default"
+        );
     }
 
     #[test]

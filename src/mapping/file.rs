@@ -160,23 +160,29 @@ fn delimiter(
     column_file: &str,
     column_target: &str,
 ) -> Result<u8, MapFileError> {
-    let header = text
-        .lines()
-        .find(|l| !l.trim().is_empty())
-        .ok_or_else(|| MapFileError::Empty {
-            path: path.to_owned(),
-            column_file: column_file.to_owned(),
-            column_target: column_target.to_owned(),
-        })?;
-    Ok(if header.matches(';').count() > header.matches(',').count() {
-        b';'
-    } else {
-        b','
-    })
+    let header =
+        text.lines()
+            .find(|l| !l.trim().is_empty())
+            .ok_or_else(|| MapFileError::Empty {
+                path: path.to_owned(),
+                column_file: column_file.to_owned(),
+                column_target: column_target.to_owned(),
+            })?;
+    Ok(
+        if header.matches(';').count() > header.matches(',').count() {
+            b';'
+        } else {
+            b','
+        },
+    )
 }
 
 /// The index of the column called `name` (case-insensitively).
-fn find_column(headers: &csv::StringRecord, name: &str, path: &Path) -> Result<usize, MapFileError> {
+fn find_column(
+    headers: &csv::StringRecord,
+    name: &str,
+    path: &Path,
+) -> Result<usize, MapFileError> {
     headers
         .iter()
         .position(|h| h.eq_ignore_ascii_case(name.trim()))

@@ -161,7 +161,10 @@ mod tests {
     fn guest_upn_keeps_its_hash_in_the_key() {
         let s = src(TargetKind::User, KeyKind::Upn);
         let t = photo(&s, "bob_fabrikam.com#EXT#@contoso.onmicrosoft.com.jpg");
-        assert_eq!(t.key(), "user:bob_fabrikam.com#ext#@contoso.onmicrosoft.com");
+        assert_eq!(
+            t.key(),
+            "user:bob_fabrikam.com#ext#@contoso.onmicrosoft.com"
+        );
     }
 
     #[test]

@@ -253,7 +253,13 @@ mod tests {
         ] {
             assert_eq!(Target::from_key(k).unwrap().key(), k);
         }
-        for bad in ["user:", "robot:x", "contact:only", "user(phone):1", "nokind"] {
+        for bad in [
+            "user:",
+            "robot:x",
+            "contact:only",
+            "user(phone):1",
+            "nokind",
+        ] {
             assert_eq!(Target::from_key(bad), None, "{bad}");
         }
     }
@@ -264,7 +270,10 @@ mod tests {
             normalise_key(" Alice@Contoso.COM ", KeyKind::Upn).unwrap(),
             "alice@contoso.com"
         );
-        assert_eq!(normalise_key("004711", KeyKind::EmployeeId).unwrap(), "004711");
+        assert_eq!(
+            normalise_key("004711", KeyKind::EmployeeId).unwrap(),
+            "004711"
+        );
         assert!(matches!(
             normalise_key("a@b", KeyKind::Mail),
             Err(MappingError::NotAMail { .. })
@@ -273,6 +282,9 @@ mod tests {
             normalise_key("0AAAAAAA-bbbb-cccc-dddd-eeeeeeeeeeee", KeyKind::Id),
             Ok(id) if id == "0aaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee"
         ));
-        assert_eq!(normalise_key("   ", KeyKind::Upn), Err(MappingError::EmptyName));
+        assert_eq!(
+            normalise_key("   ", KeyKind::Upn),
+            Err(MappingError::EmptyName)
+        );
     }
 }

@@ -154,14 +154,24 @@ pub fn stat_file(source: usize, root: &Path, path: &Path) -> Option<Found> {
     let problem = |problem: Problem, message: String| Some(problem_at(path, problem, message));
     let meta = match std::fs::metadata(path) {
         Ok(m) => m,
-        Err(e) if is_link => return problem(Problem::BrokenLink, format!("symlink cannot be followed: {e}")),
+        Err(e) if is_link => {
+            return problem(
+                Problem::BrokenLink,
+                format!("symlink cannot be followed: {e}"),
+            )
+        }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             return Some(Found::Gone {
                 source,
                 path: path.to_owned(),
             })
         }
-        Err(e) => return problem(Problem::Unreadable(e.kind()), format!("cannot read its metadata: {e}")),
+        Err(e) => {
+            return problem(
+                Problem::Unreadable(e.kind()),
+                format!("cannot read its metadata: {e}"),
+            )
+        }
     };
     if !meta.is_file() {
         return None;
@@ -192,19 +202,30 @@ fn inside(path: &Path, root: &Path) -> bool {
 /// `None` for a path that vanished while the walk ran: it is absent, which not sending it says.
 fn classify(e: &walkdir::Error) -> Option<(Problem, String)> {
     if e.loop_ancestor().is_some() {
-        return Some((Problem::LoopDetected, "symlink loop; not followed".to_owned()));
+        return Some((
+            Problem::LoopDetected,
+            "symlink loop; not followed".to_owned(),
+        ));
     }
     let kind = e.io_error().map_or(io::ErrorKind::Other, io::Error::kind);
-    let cause = e.io_error().map_or_else(|| e.to_string(), ToString::to_string);
+    let cause = e
+        .io_error()
+        .map_or_else(|| e.to_string(), ToString::to_string);
     let path = e.path()?;
     let is_link = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
     if is_link && std::fs::metadata(path).is_err() {
-        return Some((Problem::BrokenLink, format!("symlink cannot be followed: {cause}")));
+        return Some((
+            Problem::BrokenLink,
+            format!("symlink cannot be followed: {cause}"),
+        ));
     }
     if kind == io::ErrorKind::NotFound && !is_link {
         return None;
     }
-    Some((Problem::Unreadable(kind), format!("cannot be read: {cause}")))
+    Some((
+        Problem::Unreadable(kind),
+        format!("cannot be read: {cause}"),
+    ))
 }
 
 pub fn mtime_ns(meta: &std::fs::Metadata) -> i64 {
@@ -283,14 +304,17 @@ fn walk_from(
                     walker.skip_current_dir();
                 }
                 if outside {
-                    Some(problem_at(entry.path(), Problem::OutsideRoot, OUTSIDE_ROOT.into()))
+                    Some(problem_at(
+                        entry.path(),
+                        Problem::OutsideRoot,
+                        OUTSIDE_ROOT.into(),
+                    ))
                 } else {
                     file_found(source, root_components, &entry)
                 }
             }
-            Err(e) => classify(&e).map(|(problem, message)| {
-                problem_at(e.path().unwrap_or(root), problem, message)
-            }),
+            Err(e) => classify(&e)
+                .map(|(problem, message)| problem_at(e.path().unwrap_or(root), problem, message)),
         };
         let Some(found) = found else { continue };
         let is_file = matches!(found, Found::File(_));
@@ -382,17 +406,17 @@ mod tests {
                 ("self.jpg".to_owned(), Problem::BrokenLink),
             ]
         );
-        let files = found
-            .iter()
-            .filter(|f| matches!(f, Found::File(_)))
-            .count();
+        let files = found.iter().filter(|f| matches!(f, Found::File(_))).count();
         assert_eq!(files, 2, "a.jpg and the link to it: {found:?}");
         assert!(
             matches!(found.last(), Some(Found::RootDone { files: 2, .. })),
             "problems are not counted as files: {found:?}"
         );
         let reasons: Vec<&str> = problems(&found).iter().map(|(_, p)| p.as_str()).collect();
-        assert_eq!(reasons, ["broken_link", "symlink_loop", "outside_root", "broken_link"]);
+        assert_eq!(
+            reasons,
+            ["broken_link", "symlink_loop", "outside_root", "broken_link"]
+        );
         assert!(problems(&found).iter().all(|(_, p)| !p.is_failure()));
     }
 
@@ -429,11 +453,17 @@ mod tests {
         assert!(matches!(stat("nothing.jpg"), Some(Found::Gone { .. })));
         assert!(matches!(
             stat("dangling.jpg"),
-            Some(Found::Problem { problem: Problem::BrokenLink, .. })
+            Some(Found::Problem {
+                problem: Problem::BrokenLink,
+                ..
+            })
         ));
         assert!(matches!(
             stat("out.jpg"),
-            Some(Found::Problem { problem: Problem::OutsideRoot, .. })
+            Some(Found::Problem {
+                problem: Problem::OutsideRoot,
+                ..
+            })
         ));
         assert!(stat_file(0, &root, &dir.path().join("outside.jpg")).is_none());
     }

@@ -619,8 +619,11 @@ async fn unreadable_files_and_folders_are_failures_naming_the_path() {
     run_in(&format!(
         r#"cd "$0" && for s in "$@"; do cd "$s" || exit 1; done && printf x > {long}.jpg && mkdir {long}"#
     ));
-    std::os::unix::fs::symlink(env.path("nowhere.jpg"), env.path("users/bob@contoso.com.jpg"))
-        .unwrap();
+    std::os::unix::fs::symlink(
+        env.path("nowhere.jpg"),
+        env.path("users/bob@contoso.com.jpg"),
+    )
+    .unwrap();
 
     let out = env.run(&["backfill"]).await;
     let all = text(&out);
@@ -633,7 +636,9 @@ async fn unreadable_files_and_folders_are_failures_naming_the_path() {
         .collect();
     assert_eq!(unreadable.len(), 2, "{stdout}");
     assert!(
-        unreadable.iter().any(|l| l.contains(&format!("{long}.jpg: unreadable: "))),
+        unreadable
+            .iter()
+            .any(|l| l.contains(&format!("{long}.jpg: unreadable: "))),
         "{stdout}"
     );
     assert!(
