@@ -190,7 +190,7 @@ pub fn stat_file(source: usize, root: &Path, path: &Path) -> Option<Found> {
 
 const OUTSIDE_ROOT: &str = "symlink leads out of the source root; not followed";
 
-/// Whether `path`, links resolved, is inside `root` (links resolved).
+/// Whether `path`, its links resolved, is inside `root`, its links resolved too.
 fn inside(path: &Path, root: &Path) -> bool {
     match (std::fs::canonicalize(path), std::fs::canonicalize(root)) {
         (Ok(real), Ok(root)) => real.starts_with(root),
