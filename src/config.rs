@@ -9,6 +9,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 use secrecy::SecretString;
 use serde::Deserialize;
 
@@ -19,11 +20,10 @@ pub const DEFAULT_CONFIG_PATH: &str = "/etc/photosync/config.toml";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
+    #[error("cannot read config file {path}: {error}")]
     Read {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{path}: {message}")]
     Parse { path: PathBuf, message: String },
@@ -417,6 +417,74 @@ pub struct SourceConfig {
     /// Paths matching one of these globs are skipped.
     #[serde(default)]
     pub exclude: Vec<String>,
+    /// `include` and `exclude`, compiled when the config was validated.
+    #[serde(skip)]
+    pub filter: PathFilter,
+}
+
+/// A source's `include` and `exclude` globs, compiled once. A glob that does not compile is a
+/// config error, never a filter left out: a missing `include` would admit every file.
+#[derive(Debug, Clone, Default)]
+pub struct PathFilter {
+    include: Option<GlobSet>,
+    exclude: Option<GlobSet>,
+}
+
+/// A glob (or a list of them) that does not compile.
+#[derive(Debug, thiserror::Error)]
+// globset's message quotes the glob it could not parse, so only a whole list is named here.
+#[error("{}{error}", if pattern.is_some() { String::new() } else { format!("the {list} globs do not compile together: ") })]
+pub struct GlobError {
+    /// `include` or `exclude`.
+    pub list: &'static str,
+    /// The glob, when one alone fails; `None` when the list fails as a whole.
+    pub pattern: Option<String>,
+    pub error: globset::Error,
+}
+
+impl PathFilter {
+    /// Compiles the globs (`*` does not cross a `/`).
+    pub fn new(include: &[String], exclude: &[String]) -> Result<PathFilter, GlobError> {
+        Ok(PathFilter {
+            include: compile_globs("include", include)?,
+            exclude: compile_globs("exclude", exclude)?,
+        })
+    }
+
+    /// Whether there is no glob at all (every path is admitted).
+    pub fn is_empty(&self) -> bool {
+        self.include.is_none() && self.exclude.is_none()
+    }
+
+    /// Whether `rel` (relative to the root, `/`-separated) is left out: it matches no `include`
+    /// glob (when there are any) or matches an `exclude` glob.
+    pub fn excludes(&self, rel: &str) -> bool {
+        self.include.as_ref().is_some_and(|g| !g.is_match(rel))
+            || self.exclude.as_ref().is_some_and(|g| g.is_match(rel))
+    }
+}
+
+fn compile_globs(list: &'static str, globs: &[String]) -> Result<Option<GlobSet>, GlobError> {
+    if globs.is_empty() {
+        return Ok(None);
+    }
+    let mut set = GlobSetBuilder::new();
+    for g in globs {
+        let glob = GlobBuilder::new(g)
+            .literal_separator(true)
+            .build()
+            .map_err(|error| GlobError {
+                list,
+                pattern: Some(g.clone()),
+                error,
+            })?;
+        set.add(glob);
+    }
+    set.build().map(Some).map_err(|error| GlobError {
+        list,
+        pattern: None,
+        error,
+    })
 }
 
 impl SourceConfig {
@@ -431,6 +499,7 @@ impl SourceConfig {
             column_target: default_column_target(),
             include: Vec::new(),
             exclude: Vec::new(),
+            filter: PathFilter::default(),
         }
     }
 }
@@ -446,9 +515,9 @@ fn default_column_target() -> String {
 impl Config {
     /// Reads, parses and validates the file; relative paths become absolute.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
             path: path.to_owned(),
-            source,
+            error,
         })?;
         // Relative paths in the file are relative to its folder, wherever photosync runs from.
         let path = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
@@ -508,132 +577,19 @@ impl Config {
         }
     }
 
-    /// Checks what serde cannot; the error is (dotted key, message).
-    fn validate(&self) -> Result<(), (String, String)> {
-        let err = |k: &str, m: &str| Err((k.to_owned(), m.to_owned()));
-        let a = &self.auth;
-        if a.tenant_id.trim().is_empty() {
-            return err("auth.tenant_id", "must not be empty");
-        }
-        if matches!(
-            a.tenant_id.to_ascii_lowercase().as_str(),
-            "common" | "organizations" | "consumers"
-        ) {
-            return err(
-                "auth.tenant_id",
-                "app-only tokens need a specific tenant: use the tenant GUID or a verified domain, not `common`",
-            );
-        }
-        if a.client_id.trim().is_empty() {
-            return err("auth.client_id", "must not be empty");
-        }
-        let creds = [
-            a.client_secret.is_some(),
-            a.client_secret_file.is_some(),
-            a.certificate_file.is_some(),
-        ]
-        .iter()
-        .filter(|b| **b)
-        .count();
-        if creds > 1 {
-            return err(
-                "auth",
-                "set only one of client_secret, client_secret_file and certificate_file",
-            );
-        }
-        if creds == 0 && std::env::var_os("PHOTOSYNC_CLIENT_SECRET").is_none() {
-            return err(
-                "auth",
-                "no credential: set client_secret_file, client_secret or certificate_file (or the PHOTOSYNC_CLIENT_SECRET environment variable)",
-            );
-        }
-        for (key, p) in [
-            ("auth.client_secret_file", &a.client_secret_file),
-            ("auth.certificate_file", &a.certificate_file),
-        ] {
-            if p.as_ref()
-                .is_some_and(|p| p.to_string_lossy().contains(CREDENTIALS_DIRECTORY))
-            {
-                return err(
-                    key,
-                    "uses ${CREDENTIALS_DIRECTORY} but that variable is not set (is LoadCredential= in the unit?)",
-                );
-            }
-        }
+    /// Checks what serde cannot, and compiles the sources' globs.
+    fn validate(&mut self) -> Result<(), Invalid> {
+        self.auth.validate()?;
         check_url("cloud.login_url", &self.cloud.login_url())?;
         check_url("cloud.graph_url", &self.cloud.graph_url())?;
-        let u = &self.upload;
-        if u.workers == 0 || u.workers > 64 {
-            return err("upload.workers", "must be between 1 and 64");
-        }
-        if !(u.requests_per_second.is_finite() && u.requests_per_second > 0.0) {
-            return err("upload.requests_per_second", "must be a positive number");
-        }
-        if u.burst == 0 {
-            return err("upload.burst", "must be at least 1");
-        }
-        if u.max_attempts == 0 {
-            return err("upload.max_attempts", "must be at least 1");
-        }
-        if u.request_timeout < Duration::from_secs(1) {
-            return err("upload.request_timeout", "must be at least 1s");
-        }
-        let i = &self.image;
-        if !(48..=4096).contains(&i.max_side) {
-            return err("image.max_side", "must be between 48 and 4096");
-        }
-        if !(1..=100).contains(&i.jpeg_quality) {
-            return err("image.jpeg_quality", "must be between 1 and 100");
-        }
-        if i.max_pixels < 1_000_000 {
-            return err("image.max_pixels", "must be at least 1000000");
-        }
-        let sy = &self.sync;
-        if sy.debounce > Duration::from_secs(3600) {
-            return err("sync.debounce", "must be at most 1h");
-        }
-        if sy.rescan_interval < Duration::from_secs(1) {
-            return err("sync.rescan_interval", "must be at least 1s");
-        }
-        if sy.retry_failed_after > Duration::from_secs(366 * 24 * 3600) {
-            return err("sync.retry_failed_after", "must be at most 366 days");
-        }
-        if sy.poll_interval < Duration::from_millis(100) {
-            return err("sync.poll_interval", "must be at least 100ms");
-        }
-        if sy.parked_retry < Duration::from_secs(1) {
-            return err("sync.parked_retry", "must be at least 1s");
-        }
+        self.upload.validate()?;
+        self.image.validate()?;
+        self.sync.validate()?;
         if self.sources.is_empty() {
-            return err("source", "at least one [[source]] is needed");
+            return invalid("source", "at least one [[source]] is needed");
         }
         for (n, s) in self.sources.iter().enumerate() {
-            if s.target == TargetKind::Group && s.key != KeyKind::Id {
-                return Err((
-                    format!("source[{n}].key"),
-                    "groups are named by object id: use key = \"id\"".to_owned(),
-                ));
-            }
-            if s.target == TargetKind::Contact && (s.key.needs_lookup() || s.mapping.is_some()) {
-                return Err((
-                    format!("source[{n}].key"),
-                    "contacts are named by their place in the tree: use key = \"id\" and no mapping"
-                        .to_owned(),
-                ));
-            }
-            if s.mapping.is_some() && s.column_file.trim() == s.column_target.trim() {
-                return Err((
-                    format!("source[{n}].column_target"),
-                    "must name a different column than column_file".to_owned(),
-                ));
-            }
-            for (what, globs) in [("include", &s.include), ("exclude", &s.exclude)] {
-                for g in globs {
-                    if let Err(e) = globset::Glob::new(g) {
-                        return Err((format!("source[{n}].{what}"), format!("`{g}`: {e}")));
-                    }
-                }
-            }
+            s.validate(n)?;
             for (m, other) in self.sources.iter().enumerate().take(n) {
                 if s.root.starts_with(&other.root) || other.root.starts_with(&s.root) {
                     return Err((
@@ -646,6 +602,156 @@ impl Config {
                     ));
                 }
             }
+        }
+        for (n, s) in self.sources.iter_mut().enumerate() {
+            s.filter = PathFilter::new(&s.include, &s.exclude)
+                .map_err(|e| (format!("source[{n}].{}", e.list), e.to_string()))?;
+        }
+        Ok(())
+    }
+}
+
+/// A validation error: (dotted key, message).
+type Invalid = (String, String);
+
+fn invalid(key: &str, message: &str) -> Result<(), Invalid> {
+    Err((key.to_owned(), message.to_owned()))
+}
+
+impl AuthConfig {
+    fn validate(&self) -> Result<(), Invalid> {
+        if self.tenant_id.trim().is_empty() {
+            return invalid("auth.tenant_id", "must not be empty");
+        }
+        if matches!(
+            self.tenant_id.to_ascii_lowercase().as_str(),
+            "common" | "organizations" | "consumers"
+        ) {
+            return invalid(
+                "auth.tenant_id",
+                "app-only tokens need a specific tenant: use the tenant GUID or a verified domain, not `common`",
+            );
+        }
+        if self.client_id.trim().is_empty() {
+            return invalid("auth.client_id", "must not be empty");
+        }
+        let creds = [
+            self.client_secret.is_some(),
+            self.client_secret_file.is_some(),
+            self.certificate_file.is_some(),
+        ]
+        .iter()
+        .filter(|b| **b)
+        .count();
+        if creds > 1 {
+            return invalid(
+                "auth",
+                "set only one of client_secret, client_secret_file and certificate_file",
+            );
+        }
+        if creds == 0 && std::env::var_os("PHOTOSYNC_CLIENT_SECRET").is_none() {
+            return invalid(
+                "auth",
+                "no credential: set client_secret_file, client_secret or certificate_file (or the PHOTOSYNC_CLIENT_SECRET environment variable)",
+            );
+        }
+        for (key, p) in [
+            ("auth.client_secret_file", &self.client_secret_file),
+            ("auth.certificate_file", &self.certificate_file),
+        ] {
+            if p.as_ref()
+                .is_some_and(|p| p.to_string_lossy().contains(CREDENTIALS_DIRECTORY))
+            {
+                return invalid(
+                    key,
+                    "uses ${CREDENTIALS_DIRECTORY} but that variable is not set (is LoadCredential= in the unit?)",
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+impl UploadConfig {
+    fn validate(&self) -> Result<(), Invalid> {
+        if self.workers == 0 || self.workers > 64 {
+            return invalid("upload.workers", "must be between 1 and 64");
+        }
+        if !(self.requests_per_second.is_finite() && self.requests_per_second > 0.0) {
+            return invalid("upload.requests_per_second", "must be a positive number");
+        }
+        if self.burst == 0 {
+            return invalid("upload.burst", "must be at least 1");
+        }
+        if self.max_attempts == 0 {
+            return invalid("upload.max_attempts", "must be at least 1");
+        }
+        if self.request_timeout < Duration::from_secs(1) {
+            return invalid("upload.request_timeout", "must be at least 1s");
+        }
+        Ok(())
+    }
+}
+
+impl ImageConfig {
+    fn validate(&self) -> Result<(), Invalid> {
+        if !(48..=4096).contains(&self.max_side) {
+            return invalid("image.max_side", "must be between 48 and 4096");
+        }
+        if !(1..=100).contains(&self.jpeg_quality) {
+            return invalid("image.jpeg_quality", "must be between 1 and 100");
+        }
+        if self.max_pixels < 1_000_000 {
+            return invalid("image.max_pixels", "must be at least 1000000");
+        }
+        Ok(())
+    }
+}
+
+impl SyncConfig {
+    fn validate(&self) -> Result<(), Invalid> {
+        if self.debounce > Duration::from_secs(3600) {
+            return invalid("sync.debounce", "must be at most 1h");
+        }
+        if self.rescan_interval < Duration::from_secs(1) {
+            return invalid("sync.rescan_interval", "must be at least 1s");
+        }
+        if self.retry_failed_after > Duration::from_secs(366 * 24 * 3600) {
+            return invalid("sync.retry_failed_after", "must be at most 366 days");
+        }
+        if self.poll_interval < Duration::from_millis(100) {
+            return invalid("sync.poll_interval", "must be at least 100ms");
+        }
+        if self.parked_retry < Duration::from_secs(1) {
+            return invalid("sync.parked_retry", "must be at least 1s");
+        }
+        Ok(())
+    }
+}
+
+impl SourceConfig {
+    /// What one source must satisfy on its own; `n` is its place in the file.
+    fn validate(&self, n: usize) -> Result<(), Invalid> {
+        let key = |leaf: &str| format!("source[{n}].{leaf}");
+        if self.target == TargetKind::Group && self.key != KeyKind::Id {
+            return Err((
+                key("key"),
+                "groups are named by object id: use key = \"id\"".to_owned(),
+            ));
+        }
+        if self.target == TargetKind::Contact && (self.key.needs_lookup() || self.mapping.is_some())
+        {
+            return Err((
+                key("key"),
+                "contacts are named by their place in the tree: use key = \"id\" and no mapping"
+                    .to_owned(),
+            ));
+        }
+        if self.mapping.is_some() && self.column_file.trim() == self.column_target.trim() {
+            return Err((
+                key("column_target"),
+                "must name a different column than column_file".to_owned(),
+            ));
         }
         Ok(())
     }
@@ -663,7 +769,7 @@ fn expand_credentials_dir(p: &Path) -> Option<PathBuf> {
     Some(out)
 }
 
-fn check_url(key: &str, raw: &str) -> Result<(), (String, String)> {
+fn check_url(key: &str, raw: &str) -> Result<(), Invalid> {
     let url = url::Url::parse(raw).map_err(|e| (key.to_owned(), format!("not a URL: {e}")))?;
     let loopback = match url.host() {
         Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
@@ -831,5 +937,51 @@ key = "upn"
             .to_string();
         assert!(msg.contains("source[1].root"), "{msg}");
         assert!(msg.contains("c.toml:16"), "{msg}");
+    }
+
+    fn with_staff_source(globs: &str) -> String {
+        format!("{MIN}\n[[source]]\nroot = \"staff\"\ntarget = \"user\"\nkey = \"upn\"\n{globs}\n")
+    }
+
+    /// An include list of 50,000 alternatives parses glob by glob but is too big to compile as
+    /// a set. It used to be dropped, which turned `include` into "every file".
+    fn oversized_glob() -> String {
+        let alternatives: Vec<String> = (0..50_000).map(|i| format!("a{i}*b")).collect();
+        format!("{{{}}}", alternatives.join(","))
+    }
+
+    #[test]
+    fn a_glob_that_does_not_compile_is_refused_with_its_key_and_line() {
+        let text = with_staff_source("exclude = [\"ok/**\", \"[unclosed\"]");
+        let msg = Config::parse(&text, Path::new("c.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("source[1].exclude"), "{msg}");
+        assert!(msg.contains("c.toml:19"), "{msg}");
+        assert_eq!(msg.matches("[unclosed").count(), 1, "{msg}");
+
+        let text = with_staff_source(&format!("include = [\"{}\"]", oversized_glob()));
+        let msg = Config::parse(&text, Path::new("c.toml"))
+            .unwrap_err()
+            .to_string();
+        let head: String = msg.chars().take(300).collect();
+        assert!(msg.contains("source[1].include"), "{head}");
+        assert!(msg.contains("c.toml:19"), "{head}");
+        assert!(msg.contains("do not compile together"), "{head}");
+    }
+
+    #[test]
+    fn globs_are_compiled_with_the_config() {
+        let text = with_staff_source("include = [\"current/**\"]\nexclude = [\"**/old-*/**\"]");
+        let cfg = Config::parse(&text, Path::new("c.toml")).unwrap();
+        assert!(cfg.sources[0].filter.is_empty());
+        let f = &cfg.sources[1].filter;
+        assert!(!f.excludes("current/a@x.com.jpg"));
+        assert!(f.excludes("archive/a@x.com.jpg"));
+        assert!(f.excludes("current/old-2019/a@x.com.jpg"));
+        // `*` does not cross a folder.
+        let f = PathFilter::new(&["*.jpg".into()], &[]).unwrap();
+        assert!(!f.excludes("a.jpg"));
+        assert!(f.excludes("sub/a.jpg"));
     }
 }

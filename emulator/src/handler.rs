@@ -1,7 +1,7 @@
 //! The one request handler behind every token and Graph path: it reads the body, resolves
 //! the target, applies scripted then random faults, authenticates, dispatches, and records
-//! the outcome. Graph's paths (`users('x')`, `%24value`) are routed by [`crate::graph`]
-//! rather than axum's router.
+//! the outcome. Graph's paths (`users('x')`, `%24value`) are routed by [`crate::route`]
+//! rather than axum's router, and answered by [`crate::graph`].
 //!
 //! Invariants: every request is counted once, including dropped ones (status 0); the body is
 //! always read before answering, so an early answer (429, 413) reaches the client instead
@@ -19,10 +19,11 @@ use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt;
 
 use crate::directory::Resolved;
-use crate::faults::{Fault, Probe, RetryAfter, Verdict};
-use crate::graph::{self, BodyRead, GraphRequest, Route, MAX_PHOTO_BYTES};
+use crate::faults::{Fault, Probe, RetryAfter};
+use crate::graph::{self, MAX_PHOTO_BYTES};
 use crate::record::{Recorded, RequestKind};
-use crate::reply::{entra_error, graph_error, Ctx, Reply, ReplyBody};
+use crate::reply::{entra_error, graph_error, verdict_reply, Ctx, Reply, ReplyBody};
+use crate::route::{self, BodyRead, GraphRequest, Route};
 use crate::state::{lock, Shared};
 use crate::token;
 
@@ -65,9 +66,9 @@ pub(crate) async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> R
         request_id: uuid::Uuid::new_v4().to_string(),
         client_request_id: header_str(headers, "client-request-id").map(str::to_owned),
     };
-    let route = graph::parse_path(parts.uri.path());
+    let route = route::parse_path(parts.uri.path());
     let kind = route.kind(&method);
-    let resolved = resolve(&shared, &route, kind);
+    let resolved = route::resolve(&shared, &route, kind);
     if kind.is_upload() {
         lock(&shared.stats).upload_arrived(at);
     }
@@ -127,16 +128,6 @@ pub(crate) async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> R
     reply.into_response(&ctx, kind)
 }
 
-/// Resolves the target of photo routes; uploads create unknown targets when the emulator
-/// accepts any target.
-pub(crate) fn resolve(shared: &Shared, route: &Route, kind: RequestKind) -> Option<Resolved> {
-    let Route::Photo { target, .. } = route else {
-        return None;
-    };
-    let create = shared.config.accept_any_target && kind.is_upload();
-    Some(lock(&shared.dir).resolve(target, create, &shared.default_domain))
-}
-
 async fn read_body(mut body: Body, limit: usize) -> BodyRead {
     let mut first: Option<Bytes> = None;
     let mut buf: Option<BytesMut> = None;
@@ -180,41 +171,6 @@ async fn read_body(mut body: Body, limit: usize) -> BodyRead {
         len,
         too_large: len > limit,
     }
-}
-
-/// The answer to a random-fault verdict, if it is not a pass.
-pub(crate) fn verdict_reply(ctx: &Ctx, verdict: Verdict, in_batch: bool) -> Option<Reply> {
-    match verdict {
-        Verdict::Pass => None,
-        Verdict::RateLimited(ra) => Some(
-            graph_error(
-                ctx,
-                StatusCode::TOO_MANY_REQUESTS,
-                "TooManyRequests",
-                "Please retry again later.",
-            )
-            .retry_after(Some(ra)),
-        ),
-        Verdict::Error500 => Some(graph_error(
-            ctx,
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "UnknownError",
-            "",
-        )),
-        Verdict::Error503(ra) => Some(service_unavailable(ctx, ra)),
-        Verdict::Reset if in_batch => Some(service_unavailable(ctx, RetryAfter::default())),
-        Verdict::Reset => Some(Reply::drop_connection()),
-    }
-}
-
-fn service_unavailable(ctx: &Ctx, ra: RetryAfter) -> Reply {
-    graph_error(
-        ctx,
-        StatusCode::SERVICE_UNAVAILABLE,
-        "serviceNotAvailable",
-        "The service is temporarily unavailable. Retry after a delay.",
-    )
-    .retry_after(Some(ra))
 }
 
 fn scripted_status(

@@ -28,6 +28,7 @@ mod graph;
 mod handler;
 mod record;
 mod reply;
+mod route;
 mod server;
 mod state;
 mod token;

@@ -12,7 +12,7 @@ use axum::http::{header, HeaderName, HeaderValue, Response, StatusCode};
 use bytes::Bytes;
 use serde_json::{json, Value};
 
-use crate::faults::RetryAfter;
+use crate::faults::{RetryAfter, Verdict};
 use crate::record::RequestKind;
 
 /// Graph's JSON media type, as Graph states it.
@@ -224,6 +224,41 @@ pub(crate) fn iso_date(secs: u64) -> String {
 pub(crate) fn entra_timestamp(secs: u64) -> String {
     let (y, mo, d, h, mi, s) = utc(secs);
     format!("{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02}Z")
+}
+
+/// The answer to a random-fault verdict, if it is not a pass.
+pub(crate) fn verdict_reply(ctx: &Ctx, verdict: Verdict, in_batch: bool) -> Option<Reply> {
+    match verdict {
+        Verdict::Pass => None,
+        Verdict::RateLimited(ra) => Some(
+            graph_error(
+                ctx,
+                StatusCode::TOO_MANY_REQUESTS,
+                "TooManyRequests",
+                "Please retry again later.",
+            )
+            .retry_after(Some(ra)),
+        ),
+        Verdict::Error500 => Some(graph_error(
+            ctx,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "UnknownError",
+            "",
+        )),
+        Verdict::Error503(ra) => Some(service_unavailable(ctx, ra)),
+        Verdict::Reset if in_batch => Some(service_unavailable(ctx, RetryAfter::default())),
+        Verdict::Reset => Some(Reply::drop_connection()),
+    }
+}
+
+fn service_unavailable(ctx: &Ctx, ra: RetryAfter) -> Reply {
+    graph_error(
+        ctx,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "serviceNotAvailable",
+        "The service is temporarily unavailable. Retry after a delay.",
+    )
+    .retry_after(Some(ra))
 }
 
 #[cfg(test)]

@@ -2,12 +2,11 @@
 //! exit 0 only if none failed (warnings do not fail).
 
 use std::path::Path;
-use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
-use crate::config::{Config, TargetKind};
-use crate::graph::auth::TokenSource;
-use crate::graph::{http_client, GraphClient, GraphError};
+use crate::config::{Config, SourceConfig, TargetKind};
+use crate::graph::auth::AccessToken;
+use crate::graph::{paths, GraphClient, GraphError};
 use crate::ledger::Ledger;
 
 use super::exit;
@@ -122,70 +121,83 @@ async fn check_database(cfg: &Config, r: &mut Report) {
 }
 
 async fn check_graph(cfg: &Config, r: &mut Report) {
-    let http = match http_client(cfg.upload.request_timeout, cfg.upload.connect_timeout) {
-        Ok(h) => h,
-        Err(e) => return r.fail("http client", &e.to_string()),
+    let graph = match crate::graph::connect(cfg) {
+        Ok(g) => g,
+        Err(crate::graph::ConnectError::Http(e)) => return r.fail("http client", &e.to_string()),
+        Err(crate::graph::ConnectError::Auth(e)) => return r.fail("credentials", &e.to_string()),
     };
-    let tokens = match TokenSource::new(
-        &cfg.auth,
-        &cfg.cloud.login_url(),
-        &cfg.cloud.graph_url(),
-        http.clone(),
-    ) {
-        Ok(t) => Arc::new(t),
-        Err(e) => return r.fail("credentials", &e.to_string()),
-    };
-    let token = match tokens.token().await {
+    let token = match graph.tokens().token().await {
         Ok(t) => t,
         Err(e) => return r.fail("token", &e.to_string()),
     };
+    r.ok("token", &token_summary(cfg, &token));
+    let roles = token.roles();
+    for (what, detail) in missing_permissions(&cfg.sources, &roles) {
+        r.warn(&what, &detail);
+    }
+    check_directory_read(&graph, r).await;
+    check_photo_settings(&graph, r).await;
+}
+
+/// Whose token it is, how long it lives and what it may do.
+fn token_summary(cfg: &Config, token: &AccessToken) -> String {
     let left = token
         .expires_at
         .duration_since(SystemTime::now())
         .map_or_else(
             |_| "expired".into(),
-            |d| humantime::format_duration(std::time::Duration::from_secs(d.as_secs())).to_string(),
+            |d| humantime::format_duration(Duration::from_secs(d.as_secs())).to_string(),
         );
     let roles = token.roles();
-    r.ok(
-        "token",
-        &format!(
-            "tenant {}, app {}, expires in {left}, roles: {}",
-            cfg.auth.tenant_id,
-            cfg.auth.client_id,
-            if roles.is_empty() {
-                "(none)".to_owned()
-            } else {
-                roles.join(", ")
-            }
-        ),
-    );
-    let mut kinds: Vec<TargetKind> = cfg.sources.iter().map(|s| s.target).collect();
-    kinds.dedup();
+    format!(
+        "tenant {}, app {}, expires in {left}, roles: {}",
+        cfg.auth.tenant_id,
+        cfg.auth.client_id,
+        if roles.is_empty() {
+            "(none)".to_owned()
+        } else {
+            roles.join(", ")
+        }
+    )
+}
+
+/// A warning (what, detail) for each kind of target the sources write, and for lookups, that
+/// none of the token's roles allows; one per kind however many sources share it.
+fn missing_permissions(sources: &[SourceConfig], roles: &[String]) -> Vec<(String, String)> {
+    let has_any = |need: &[&str]| need.iter().any(|n| roles.iter().any(|r| r == n));
+    let mut kinds: Vec<TargetKind> = Vec::new();
+    for s in sources {
+        if !kinds.contains(&s.target) {
+            kinds.push(s.target);
+        }
+    }
+    let mut warnings = Vec::new();
     for kind in kinds {
         let need = roles_for(kind);
-        if !need.iter().any(|n| roles.iter().any(|r| r == n)) {
-            r.warn(
-                &format!("permission for {} photos", kind.as_str()),
-                &format!(
+        if !has_any(need) {
+            warnings.push((
+                format!("permission for {} photos", kind.as_str()),
+                format!(
                     "the token has none of {}: grant one as an application permission and give admin consent",
                     need.join(", ")
                 ),
-            );
+            ));
         }
     }
-    let lookups = cfg.sources.iter().any(|s| s.key.needs_lookup());
-    if lookups && !READ_USERS.iter().any(|n| roles.iter().any(|r| r == n)) {
-        r.warn(
-            "permission for user lookups",
-            &format!(
+    if sources.iter().any(|s| s.key.needs_lookup()) && !has_any(READ_USERS) {
+        warnings.push((
+            "permission for user lookups".to_owned(),
+            format!(
                 "sources with key = \"mail\" or \"employee_id\" look users up, but the token has none of {}",
                 READ_USERS.join(", ")
             ),
-        );
+        ));
     }
-    let graph = GraphClient::new(http, &cfg.cloud.graph_url(), tokens);
-    match graph.get("/v1.0/users?$top=1&$select=id").await {
+    warnings
+}
+
+async fn check_directory_read(graph: &GraphClient, r: &mut Report) {
+    match graph.get(paths::USERS_PROBE).await {
         Ok(reply) => r.ok(
             "graph read",
             &format!(
@@ -203,7 +215,10 @@ async fn check_graph(cfg: &Config, r: &mut Report) {
         ),
         Err(e) => r.fail("graph read", &e.to_string()),
     }
-    match graph.get("/beta/admin/people/photoUpdateSettings").await {
+}
+
+async fn check_photo_settings(graph: &GraphClient, r: &mut Report) {
+    match graph.get(paths::PHOTO_UPDATE_SETTINGS).await {
         Ok(reply) => {
             let source = serde_json::from_slice::<serde_json::Value>(&reply.body)
                 .ok()
@@ -227,5 +242,46 @@ async fn check_graph(cfg: &Config, r: &mut Report) {
             "skip  tenant photo settings: not readable (needs PeopleSettings.Read.All); not checked"
         ),
         Err(e) => r.warn("tenant photo settings", &e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::KeyKind;
+    use std::path::PathBuf;
+
+    fn source(n: usize, target: TargetKind, key: KeyKind) -> SourceConfig {
+        SourceConfig::new(PathBuf::from(format!("/r{n}")), target, key)
+    }
+
+    /// `user, group, user` warned twice for users: `dedup` only drops adjacent repeats.
+    #[test]
+    fn one_warning_per_kind_whatever_the_order_of_sources() {
+        let sources = [
+            source(0, TargetKind::User, KeyKind::Upn),
+            source(1, TargetKind::Group, KeyKind::Id),
+            source(2, TargetKind::User, KeyKind::Upn),
+        ];
+        let warnings = missing_permissions(&sources, &[]);
+        let whats: Vec<&str> = warnings.iter().map(|(w, _)| w.as_str()).collect();
+        assert_eq!(
+            whats,
+            ["permission for user photos", "permission for group photos"]
+        );
+    }
+
+    #[test]
+    fn granted_roles_and_lookups() {
+        let sources = [
+            source(0, TargetKind::User, KeyKind::EmployeeId),
+            source(1, TargetKind::Group, KeyKind::Id),
+        ];
+        let roles = ["ProfilePhoto.ReadWrite.All".to_owned()];
+        let warnings = missing_permissions(&sources, &roles);
+        let whats: Vec<&str> = warnings.iter().map(|(w, _)| w.as_str()).collect();
+        assert_eq!(whats, ["permission for user lookups"]);
+        let all = ["ProfilePhoto.ReadWrite.All", "User.Read.All"].map(String::from);
+        assert!(missing_permissions(&sources, &all).is_empty());
     }
 }

@@ -66,6 +66,25 @@ pub fn candidates(
     out
 }
 
+/// `gone` less the files at or under a path the walk could not read (a folder whose
+/// permissions changed is not a folder whose photos were deleted), and how many were withheld.
+pub fn withhold(gone: Vec<Gone>, unreadable: &[std::path::PathBuf]) -> (Vec<Gone>, usize) {
+    if unreadable.is_empty() {
+        return (gone, 0);
+    }
+    let before = gone.len();
+    let kept: Vec<Gone> = gone
+        .into_iter()
+        .filter(|g| {
+            !unreadable
+                .iter()
+                .any(|u| std::path::Path::new(&g.path).starts_with(u))
+        })
+        .collect();
+    let withheld = before - kept.len();
+    (kept, withheld)
+}
+
 /// What the file system says, gathered before deciding.
 #[derive(Debug, Default)]
 pub struct Facts {
@@ -145,7 +164,23 @@ pub fn decide(
 mod tests {
     use super::*;
     use crate::ledger::{FileRow, TargetRow};
+    use std::path::PathBuf;
     use std::sync::Arc;
+
+    #[test]
+    fn files_under_an_unreadable_path_are_not_gone() {
+        let g = vec![
+            gone(0, "/r/a/x.jpg"),
+            gone(0, "/r/ab/y.jpg"),
+            gone(0, "/r/b.jpg"),
+            gone(0, "/r/c.jpg"),
+        ];
+        let unreadable = [PathBuf::from("/r/a"), PathBuf::from("/r/b.jpg")];
+        let (kept, withheld) = withhold(g, &unreadable);
+        assert_eq!(withheld, 2);
+        let paths: Vec<&str> = kept.iter().map(|g| g.path.as_str()).collect();
+        assert_eq!(paths, ["/r/ab/y.jpg", "/r/c.jpg"]);
+    }
 
     fn gone(source: usize, path: &str) -> Gone {
         Gone {

@@ -47,7 +47,7 @@ use self::settings::Settings;
 use self::worker::Deps;
 use crate::config::Config;
 use crate::graph::auth::AuthError;
-use crate::graph::{GraphClient, GraphError};
+use crate::graph::GraphError;
 use crate::image::Pipeline;
 use crate::ledger::{now_ms, Ledger, LedgerError, Op};
 use crate::mapping::Target;
@@ -410,17 +410,13 @@ fn deps(
     stats: Arc<Stats>,
     cancel: CancellationToken,
 ) -> Result<Deps, EngineError> {
-    let http = crate::graph::http_client(cfg.upload.request_timeout, cfg.upload.connect_timeout)
-        .map_err(EngineError::Http)?;
-    let tokens = Arc::new(crate::graph::auth::TokenSource::new(
-        &cfg.auth,
-        &cfg.cloud.login_url(),
-        &cfg.cloud.graph_url(),
-        http.clone(),
-    )?);
+    let graph = crate::graph::connect(cfg).map_err(|e| match e {
+        crate::graph::ConnectError::Http(e) => EngineError::Http(e),
+        crate::graph::ConnectError::Auth(e) => EngineError::Auth(e),
+    })?;
     let cores = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
     Ok(Deps {
-        graph: GraphClient::new(http, &cfg.cloud.graph_url(), tokens),
+        graph,
         limiter: Limiter::new(settings.upload.requests_per_second, settings.upload.burst),
         pipeline: Pipeline::new(cfg.image.settings()),
         image_slots: Semaphore::new(cores),

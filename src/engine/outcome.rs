@@ -110,6 +110,10 @@ pub enum LocalProblem {
     Cancelled,
     #[error(transparent)]
     SourceUnreadable(SourceError),
+    /// The walk could not read a file or folder (permissions, a path too long): the photo under
+    /// it cannot sync until that is fixed.
+    #[error("{message}")]
+    Walk { message: String },
 }
 
 impl ItemError {
@@ -137,6 +141,7 @@ impl ItemError {
                 LocalProblem::Panicked { .. } => "panic".into(),
                 LocalProblem::Cancelled => "cancelled".into(),
                 LocalProblem::SourceUnreadable(_) => "source_unreadable".into(),
+                LocalProblem::Walk { .. } => "unreadable".into(),
             },
             ItemError::GaveUp { parked, .. } => parked.reason(),
         }

@@ -289,6 +289,8 @@ struct Planner<'a> {
     root_files: Vec<Option<u64>>,
     /// Known photo files that are gone.
     gone: Vec<Gone>,
+    /// Files and folders the walk could not read: what the ledger knows under them is not gone.
+    unreadable: Vec<PathBuf>,
     /// Ledger writes decided where nothing can be awaited, sent at the next await point.
     deferred: Vec<Op>,
     /// Nothing is written: a dry run, or no ledger yet.
@@ -323,6 +325,7 @@ impl<'a> Planner<'a> {
             whole_tree,
             root_files: vec![None; intake.sources.len()],
             gone: Vec::new(),
+            unreadable: Vec::new(),
             deferred: Vec::new(),
             dry_run_ledger: intake.dry_run || intake.recorder.sink.is_none() || opts.dry_run,
             rules,
@@ -396,10 +399,11 @@ impl<'a> Planner<'a> {
     fn on_found(&mut self, found: Found) -> Option<PendingRead> {
         match found {
             Found::File(entry) => return self.on_file(entry),
-            Found::Problem { path, message } => {
-                tracing::warn!(path = %path.display(), %message, "skipped");
-                self.stats().skip("unfollowed_link");
-            }
+            Found::Problem {
+                path,
+                problem,
+                message,
+            } => self.on_problem(&path, problem, message),
             Found::Gone { source, path } => self.on_gone(source, &path),
             Found::RootDone { source, files } => self.root_files[source] = Some(files),
         }
@@ -448,6 +452,21 @@ impl<'a> Planner<'a> {
                 bytes_before: Some(size),
                 ..Row::default()
             });
+        }
+    }
+
+    /// A link the walk did not follow is a skip; a file or folder it could not read is a
+    /// failure naming the path (see [`source::Problem::is_failure`]).
+    fn on_problem(&mut self, path: &Path, problem: source::Problem, message: String) {
+        let reason = problem.as_str();
+        if problem.is_failure() {
+            self.unreadable.push(path.to_owned());
+            tracing::warn!(path = %path.display(), reason, %message, "cannot read");
+            let e = ItemError::from(LocalProblem::Walk { message });
+            self.fail(path.display().to_string(), None, &e);
+        } else {
+            tracing::warn!(path = %path.display(), reason, %message, "skipped");
+            self.stats().skip(reason);
         }
     }
 
@@ -866,7 +885,14 @@ impl<'a> Planner<'a> {
         if self.gone.is_empty() {
             return report;
         }
-        let gone = std::mem::take(&mut self.gone);
+        let (gone, withheld) =
+            deletions::withhold(std::mem::take(&mut self.gone), &self.unreadable);
+        if withheld > 0 {
+            tracing::warn!(
+                files = withheld,
+                "photo files under paths that could not be read are kept, not taken for deleted"
+            );
+        }
         let candidates = deletions::candidates(&gone, self.snapshot, |k| {
             self.seen.get(&self.claim_key(k)).is_some()
         });

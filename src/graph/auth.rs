@@ -21,15 +21,17 @@ use sha1::Digest as _;
 use tokio::sync::Mutex;
 
 use crate::config::{AssertionAlg, AuthConfig};
+use crate::graph::paths;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
-    #[error("cannot read credential file {path}: {source}")]
+    #[error("cannot read credential file {path}: {error}")]
     CredentialFile {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
+    #[error("no credential: $PHOTOSYNC_CLIENT_SECRET is empty and none of [auth] client_secret, client_secret_file and certificate_file is set")]
+    NoCredential,
     #[error("credential file {path} is empty")]
     EmptyCredential { path: PathBuf },
     #[error("{path} is readable by other users (mode {mode:03o}): `chmod 600` it (and chown it to photosync's user), or pass --allow-insecure-permissions")]
@@ -37,7 +39,7 @@ pub enum AuthError {
     #[error("certificate file {path}: {reason}")]
     Certificate { path: PathBuf, reason: String },
     #[error("cannot sign the client assertion: {0}")]
-    Sign(#[source] jsonwebtoken::errors::Error),
+    Sign(jsonwebtoken::errors::Error),
     #[error("the token endpoint refused the credentials ({status} {error}{}): {description}{}",
         aadsts.map(|c| format!(", AADSTS{c}")).unwrap_or_default(),
         hint.map(|h| format!("\n  hint: {h}")).unwrap_or_default())]
@@ -55,7 +57,7 @@ pub enum AuthError {
         description: String,
     },
     #[error("cannot reach the token endpoint: {0}")]
-    Transport(#[source] reqwest::Error),
+    Transport(reqwest::Error),
     #[error("the token endpoint answered {status} with a body that is not a token response")]
     Malformed { status: u16 },
 }
@@ -149,9 +151,9 @@ impl fmt::Debug for Credential {
 /// Refuses a file holding a secret or a private key that other users may read.
 pub fn check_private(path: &Path, allow_insecure: bool) -> Result<(), AuthError> {
     use std::os::unix::fs::PermissionsExt as _;
-    let meta = std::fs::metadata(path).map_err(|source| AuthError::CredentialFile {
+    let meta = std::fs::metadata(path).map_err(|error| AuthError::CredentialFile {
         path: path.to_owned(),
-        source,
+        error,
     })?;
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o004 != 0 && !allow_insecure {
@@ -166,20 +168,28 @@ pub fn check_private(path: &Path, allow_insecure: bool) -> Result<(), AuthError>
 /// Reads the credential named by the config: `$PHOTOSYNC_CLIENT_SECRET` wins over the file or
 /// inline secret; a certificate file holds the certificate and its private key.
 fn load_credential(cfg: &AuthConfig) -> Result<Credential, AuthError> {
+    load_credential_with(cfg, std::env::var("PHOTOSYNC_CLIENT_SECRET").ok())
+}
+
+/// [`load_credential`] with the environment's secret given (tests leave the process's alone).
+fn load_credential_with(
+    cfg: &AuthConfig,
+    env_secret: Option<String>,
+) -> Result<Credential, AuthError> {
     if let Some(path) = &cfg.certificate_file {
         check_private(path, cfg.allow_insecure_permissions)?;
         return load_certificate(path, cfg.assertion);
     }
-    if let Ok(s) = std::env::var("PHOTOSYNC_CLIENT_SECRET") {
+    if let Some(s) = env_secret {
         if !s.trim().is_empty() {
             return Ok(Credential::Secret(SecretString::from(s.trim().to_owned())));
         }
     }
     if let Some(path) = &cfg.client_secret_file {
         check_private(path, cfg.allow_insecure_permissions)?;
-        let text = std::fs::read_to_string(path).map_err(|source| AuthError::CredentialFile {
+        let text = std::fs::read_to_string(path).map_err(|error| AuthError::CredentialFile {
             path: path.clone(),
-            source,
+            error,
         })?;
         let s = text.trim();
         if s.is_empty() {
@@ -189,13 +199,9 @@ fn load_credential(cfg: &AuthConfig) -> Result<Credential, AuthError> {
     }
     match &cfg.client_secret {
         Some(s) => Ok(Credential::Secret(s.clone())),
-        None => Err(AuthError::Rejected {
-            status: 0,
-            error: "no_credential".into(),
-            aadsts: Some(7_000_218),
-            description: "no client secret or certificate is configured".into(),
-            hint: hint_for(7_000_218),
-        }),
+        // Config validation accepts a set $PHOTOSYNC_CLIENT_SECRET in place of the keys; it may
+        // still be blank.
+        None => Err(AuthError::NoCredential),
     }
 }
 
@@ -204,9 +210,9 @@ fn load_certificate(path: &Path, alg: AssertionAlg) -> Result<Credential, AuthEr
         path: path.to_owned(),
         reason: reason.to_owned(),
     };
-    let text = std::fs::read(path).map_err(|source| AuthError::CredentialFile {
+    let text = std::fs::read(path).map_err(|error| AuthError::CredentialFile {
         path: path.to_owned(),
-        source,
+        error,
     })?;
     let blocks = pem::parse_many(&text).map_err(|_| bad("not a PEM file"))?;
     let cert = blocks
@@ -305,11 +311,8 @@ impl TokenSource {
     ) -> Result<TokenSource, AuthError> {
         Ok(TokenSource {
             http,
-            token_url: format!(
-                "{login_url}/{}/oauth2/v2.0/token",
-                crate::mapping::encode(&cfg.tenant_id)
-            ),
-            scope: format!("{graph_url}/.default"),
+            token_url: paths::token_url(login_url, &cfg.tenant_id),
+            scope: paths::scope(graph_url),
             client_id: cfg.client_id.clone(),
             credential: load_credential(cfg)?,
             cached: Mutex::new(None),
@@ -373,7 +376,37 @@ impl TokenSource {
 
     #[tracing::instrument(skip_all, fields(client_id = %self.client_id))]
     async fn fetch(&self) -> Result<(AccessToken, Duration), AuthError> {
-        let mut form: Vec<(&str, String)> = vec![
+        let resp = self
+            .http
+            .post(&self.token_url)
+            .form(&self.form()?)
+            .send()
+            .await
+            .map_err(|e| AuthError::Transport(e.without_url()))?;
+        let status = resp.status().as_u16();
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| AuthError::Transport(e.without_url()))?;
+        if !(200..300).contains(&status) {
+            return Err(refusal(status, &body));
+        }
+        let t: TokenResponse =
+            serde_json::from_slice(&body).map_err(|_| AuthError::Malformed { status })?;
+        // Bounded: an absurd expires_in must not overflow the clock arithmetic below.
+        let life = Duration::from_secs(t.expires_in.clamp(1, 24 * 3600));
+        let tok = AccessToken {
+            value: Arc::new(SecretString::from(t.access_token)),
+            generation: self.generation.fetch_add(1, Ordering::Relaxed) + 1,
+            expires_at: SystemTime::now() + life,
+        };
+        tracing::debug!(expires_in = t.expires_in, "token obtained");
+        Ok((tok, life))
+    }
+
+    /// The client-credentials request: the secret, or a freshly signed assertion.
+    fn form(&self) -> Result<Vec<(&'static str, String)>, AuthError> {
+        let mut form = vec![
             ("grant_type", "client_credentials".into()),
             ("client_id", self.client_id.clone()),
             ("scope", self.scope.clone()),
@@ -396,55 +429,7 @@ impl TokenSource {
                 ));
             }
         }
-        let resp = self
-            .http
-            .post(&self.token_url)
-            .form(&form)
-            .send()
-            .await
-            .map_err(|e| AuthError::Transport(e.without_url()))?;
-        let status = resp.status().as_u16();
-        let body = resp
-            .bytes()
-            .await
-            .map_err(|e| AuthError::Transport(e.without_url()))?;
-        if (200..300).contains(&status) {
-            let t: TokenResponse =
-                serde_json::from_slice(&body).map_err(|_| AuthError::Malformed { status })?;
-            // Bounded: an absurd expires_in must not overflow the clock arithmetic below.
-            let life = Duration::from_secs(t.expires_in.clamp(1, 24 * 3600));
-            let tok = AccessToken {
-                value: Arc::new(SecretString::from(t.access_token)),
-                generation: self.generation.fetch_add(1, Ordering::Relaxed) + 1,
-                expires_at: SystemTime::now() + life,
-            };
-            tracing::debug!(expires_in = t.expires_in, "token obtained");
-            return Ok((tok, life));
-        }
-        let e: TokenErrorBody = serde_json::from_slice(&body).unwrap_or_default();
-        let description = e.error_description.lines().next().unwrap_or("").to_owned();
-        let aadsts = e
-            .error_codes
-            .first()
-            .copied()
-            .or_else(|| parse_aadsts(&description));
-        if status >= 500 || e.error == "temporarily_unavailable" || status == 429 {
-            return Err(AuthError::Unavailable {
-                status,
-                error: e.error,
-                description,
-            });
-        }
-        if e.error.is_empty() {
-            return Err(AuthError::Malformed { status });
-        }
-        Err(AuthError::Rejected {
-            status,
-            error: e.error,
-            hint: aadsts.and_then(hint_for),
-            aadsts,
-            description,
-        })
+        Ok(form)
     }
 
     fn assertion(
@@ -479,6 +464,35 @@ impl TokenSource {
     }
 }
 
+/// What a non-2xx answer of the token endpoint means: a passing outage, a body that is not
+/// Entra's, or credentials refused (with the AADSTS code and a hint when one is known).
+fn refusal(status: u16, body: &[u8]) -> AuthError {
+    let e: TokenErrorBody = serde_json::from_slice(body).unwrap_or_default();
+    let description = e.error_description.lines().next().unwrap_or("").to_owned();
+    let aadsts = e
+        .error_codes
+        .first()
+        .copied()
+        .or_else(|| parse_aadsts(&description));
+    if status >= 500 || e.error == "temporarily_unavailable" || status == 429 {
+        return AuthError::Unavailable {
+            status,
+            error: e.error,
+            description,
+        };
+    }
+    if e.error.is_empty() {
+        return AuthError::Malformed { status };
+    }
+    AuthError::Rejected {
+        status,
+        error: e.error,
+        hint: aadsts.and_then(hint_for),
+        aadsts,
+        description,
+    }
+}
+
 fn parse_aadsts(description: &str) -> Option<u32> {
     let rest = &description[description.find("AADSTS")? + 6..];
     let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
@@ -497,5 +511,74 @@ mod tests {
         );
         assert_eq!(parse_aadsts("nothing here"), None);
         assert!(hint_for(7_000_215).unwrap().contains("Value"));
+    }
+
+    #[test]
+    fn token_endpoint_answers_are_classified() {
+        let body = br#"{"error":"invalid_client","error_description":"AADSTS7000215: Invalid client secret provided.\r\nTrace ID: x","error_codes":[7000215]}"#;
+        match refusal(401, body) {
+            AuthError::Rejected {
+                aadsts,
+                hint,
+                description,
+                ..
+            } => {
+                assert_eq!(aadsts, Some(7_000_215));
+                assert!(hint.is_some());
+                assert!(!description.contains("Trace ID"), "{description}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            refusal(503, b"{}"),
+            AuthError::Unavailable { status: 503, .. }
+        ));
+        assert!(matches!(
+            refusal(400, b"<html>"),
+            AuthError::Malformed { status: 400 }
+        ));
+    }
+
+    fn auth() -> AuthConfig {
+        AuthConfig {
+            tenant_id: "t".into(),
+            client_id: "c".into(),
+            client_secret: None,
+            client_secret_file: None,
+            certificate_file: None,
+            assertion: AssertionAlg::default(),
+            allow_insecure_permissions: false,
+        }
+    }
+
+    /// Was reported as a refusal by the token endpoint (status 0, AADSTS7000218) that no
+    /// endpoint had sent.
+    #[test]
+    fn no_credential_is_its_own_error_and_stops_the_run() {
+        let e = load_credential_with(&auth(), Some("  ".into())).unwrap_err();
+        assert!(matches!(e, AuthError::NoCredential), "{e:?}");
+        assert!(e.is_fatal());
+        let msg = e.to_string();
+        assert!(
+            msg.contains("PHOTOSYNC_CLIENT_SECRET") && msg.contains("client_secret_file"),
+            "{msg}"
+        );
+        assert!(!msg.contains("token endpoint"), "{msg}");
+    }
+
+    #[test]
+    fn a_missing_secret_file_names_the_file_and_its_error_once() {
+        let cfg = AuthConfig {
+            client_secret_file: Some("/nonexistent/photosync-secret".into()),
+            ..auth()
+        };
+        let e = load_credential_with(&cfg, None).unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("/nonexistent/photosync-secret"), "{msg}");
+        assert_eq!(msg.matches("No such file").count(), 1, "{msg}");
+        assert!(
+            std::error::Error::source(&e).is_none(),
+            "printed in the message, so not chained as well"
+        );
     }
 }

@@ -5,15 +5,15 @@
 //! - one request asks for up to [`MAX_PER_REQUEST`] values (`$filter=employeeId in (...)`), so
 //!   100 photos cost 7 lookups, not 100;
 //! - a value inside the filter has its single quotes doubled and the whole filter is
-//!   percent-encoded, so no value can change the query;
+//!   percent-encoded (by [`paths`]), so no value can change the query;
 //! - a value matches a user only when the user's property equals it (mail case-insensitively),
 //!   never by position in the answer.
 
 use std::collections::HashMap;
 
-use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
 use serde::Deserialize;
 
+use crate::graph::paths;
 use crate::mapping::Lookup;
 
 /// Graph takes at most 15 values in one `in (...)` filter.
@@ -53,22 +53,11 @@ impl Outcome {
     }
 }
 
-/// The path and query (below the Graph host) that looks up `values`.
+/// The path and query (below the Graph host) that looks up `values` (see
+/// [`paths::user_lookup`] for how they are quoted and encoded).
 pub fn query(lookup: Lookup, values: &[String]) -> String {
     debug_assert!(!values.is_empty() && values.len() <= MAX_PER_REQUEST);
-    let quoted: Vec<String> = values
-        .iter()
-        .map(|v| format!("'{}'", v.replace('\'', "''")))
-        .collect();
-    let filter = if quoted.len() == 1 {
-        format!("{} eq {}", lookup.property(), quoted[0])
-    } else {
-        format!("{} in ({})", lookup.property(), quoted.join(","))
-    };
-    format!(
-        "/v1.0/users?$filter={}&$select=id,userPrincipalName,mail,employeeId&$count=true&$top=999",
-        utf8_percent_encode(&filter, NON_ALPHANUMERIC)
-    )
+    paths::user_lookup(lookup, values)
 }
 
 #[derive(Deserialize)]
@@ -149,29 +138,6 @@ pub fn outcomes(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn decode(q: &str) -> String {
-        percent_encoding::percent_decode_str(q)
-            .decode_utf8()
-            .unwrap()
-            .into_owned()
-    }
-
-    #[test]
-    fn quotes_are_doubled_and_the_filter_encoded() {
-        let q = query(Lookup::EmployeeId, &["O'Brien".into()]);
-        assert!(!q[q.find("$filter=").unwrap()..].contains(' '), "{q}");
-        assert!(
-            decode(&q).contains("$filter=employeeId eq 'O''Brien'&"),
-            "{q}"
-        );
-        let q = query(Lookup::Mail, &["a@x.com".into(), "b&c@x.com".into()]);
-        assert!(q.contains("%26"), "an & must not end the filter: {q}");
-        assert!(
-            decode(&q).contains("mail in ('a@x.com','b&c@x.com')"),
-            "{q}"
-        );
-    }
 
     #[test]
     fn answers_match_by_value_not_position() {

@@ -17,16 +17,16 @@ use std::path::{Path, PathBuf};
 use unicode_normalization::UnicodeNormalization;
 
 use crate::config::KeyKind;
-use crate::mapping::normalise_key;
+use crate::mapping::names::is_photo_extension;
+use crate::mapping::target::normalise_key;
 
 /// The mapping file cannot be used at all.
 #[derive(Debug, thiserror::Error)]
 pub enum MapFileError {
-    #[error("cannot read mapping file {path}: {source}")]
+    #[error("cannot read mapping file {path}: {error}")]
     Read {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("mapping file {path} is not UTF-8 text (line {line})")]
     NotUtf8 { path: PathBuf, line: u64 },
@@ -66,9 +66,9 @@ impl MapTable {
         column_target: &str,
         key: KeyKind,
     ) -> Result<(MapTable, Vec<RowProblem>), MapFileError> {
-        let bytes = std::fs::read(path).map_err(|source| MapFileError::Read {
+        let bytes = std::fs::read(path).map_err(|error| MapFileError::Read {
             path: path.to_owned(),
-            source,
+            error,
         })?;
         MapTable::parse(&bytes, path, column_file, column_target, key)
     }
@@ -81,119 +81,32 @@ impl MapTable {
         column_target: &str,
         key: KeyKind,
     ) -> Result<(MapTable, Vec<RowProblem>), MapFileError> {
-        let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
-        let text = std::str::from_utf8(bytes).map_err(|e| MapFileError::NotUtf8 {
-            path: path.to_owned(),
-            line: bytes[..e.valid_up_to()].split(|c| *c == b'\n').count() as u64,
-        })?;
-        let header_line =
-            text.lines()
-                .find(|l| !l.trim().is_empty())
-                .ok_or_else(|| MapFileError::Empty {
-                    path: path.to_owned(),
-                    column_file: column_file.to_owned(),
-                    column_target: column_target.to_owned(),
-                })?;
-        let delimiter = if header_line.matches(';').count() > header_line.matches(',').count() {
-            b';'
-        } else {
-            b','
-        };
+        let text = utf8_text(bytes, path)?;
         let mut reader = csv::ReaderBuilder::new()
-            .delimiter(delimiter)
+            .delimiter(delimiter(text, path, column_file, column_target)?)
             .flexible(true)
             .has_headers(true)
             .trim(csv::Trim::All)
             .from_reader(text.as_bytes());
         let headers = reader.headers().cloned().unwrap_or_default();
-        let find = |name: &str| {
-            headers
-                .iter()
-                .position(|h| h.eq_ignore_ascii_case(name.trim()))
-                .ok_or_else(|| MapFileError::NoColumn {
-                    path: path.to_owned(),
-                    column: name.to_owned(),
-                    found: headers.iter().collect::<Vec<_>>().join(", "),
-                })
+        let columns = Columns {
+            file: find_column(&headers, column_file, path)?,
+            target: find_column(&headers, column_target, path)?,
+            file_name: column_file,
+            target_name: column_target,
+            count: headers.len(),
         };
-        let (file_col, target_col) = (find(column_file)?, find(column_target)?);
-        let mut problems = Vec::new();
-        // name → (value, line it came from); `None` once two rows disagree.
-        let mut seen: HashMap<String, (Option<String>, u64)> = HashMap::new();
+        let mut rows = Rows::default();
         for record in reader.records() {
-            let record = match record {
-                Ok(r) => r,
-                Err(e) => {
-                    problems.push(RowProblem {
-                        line: e.position().map_or(0, |p| line_at(text, p.byte() as usize)),
-                        message: format!("cannot parse the row: {e}"),
-                    });
-                    continue;
-                }
-            };
-            let line = record
-                .position()
-                .map_or(0, |p| line_at(text, p.byte() as usize));
-            if record.iter().all(str::is_empty) {
-                continue;
-            }
-            let (Some(file), Some(target)) = (record.get(file_col), record.get(target_col)) else {
-                problems.push(RowProblem {
-                    line,
-                    message: format!(
-                        "has {} field(s); the header has {}",
-                        record.len(),
-                        headers.len()
-                    ),
-                });
-                continue;
-            };
-            if file.is_empty() || target.is_empty() {
-                let empty = if file.is_empty() {
-                    column_file
-                } else {
-                    column_target
-                };
-                problems.push(RowProblem {
-                    line,
-                    message: format!("`{empty}` is empty"),
-                });
-                continue;
-            }
-            let value = match normalise_key(target, key) {
-                Ok(v) => v,
-                Err(e) => {
-                    problems.push(RowProblem {
-                        line,
-                        message: format!("target {e}"),
-                    });
-                    continue;
-                }
-            };
-            let name = file_key(file);
-            match seen.get_mut(&name) {
-                None => {
-                    seen.insert(name, (Some(value), line));
-                }
-                Some((Some(v), first)) if *v == value => problems.push(RowProblem {
-                    line,
-                    message: format!("duplicate of line {first} (`{file}`); the first applies"),
+            match record {
+                Ok(r) => rows.add(&r, line_of(text, r.position()), &columns, key),
+                Err(e) => rows.problems.push(RowProblem {
+                    line: line_of(text, e.position()),
+                    message: format!("cannot parse the row: {e}"),
                 }),
-                Some((kept, first)) => {
-                    problems.push(RowProblem {
-                        line,
-                        message: format!(
-                            "`{file}` is also on line {first} with another target; neither applies"
-                        ),
-                    });
-                    *kept = None;
-                }
             }
         }
-        let rows = seen
-            .into_iter()
-            .filter_map(|(k, (v, _))| v.map(|v| (k, v)))
-            .collect();
+        let (rows, problems) = rows.finish();
         Ok((
             MapTable {
                 path: path.to_owned(),
@@ -231,6 +144,140 @@ impl MapTable {
     }
 }
 
+/// The text without its byte-order mark; invalid UTF-8 is an error naming its line.
+fn utf8_text<'a>(bytes: &'a [u8], path: &Path) -> Result<&'a str, MapFileError> {
+    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+    std::str::from_utf8(bytes).map_err(|e| MapFileError::NotUtf8 {
+        path: path.to_owned(),
+        line: bytes[..e.valid_up_to()].split(|c| *c == b'\n').count() as u64,
+    })
+}
+
+/// `;` when the header has more semicolons than commas (Excel in many locales), else `,`.
+fn delimiter(
+    text: &str,
+    path: &Path,
+    column_file: &str,
+    column_target: &str,
+) -> Result<u8, MapFileError> {
+    let header =
+        text.lines()
+            .find(|l| !l.trim().is_empty())
+            .ok_or_else(|| MapFileError::Empty {
+                path: path.to_owned(),
+                column_file: column_file.to_owned(),
+                column_target: column_target.to_owned(),
+            })?;
+    Ok(
+        if header.matches(';').count() > header.matches(',').count() {
+            b';'
+        } else {
+            b','
+        },
+    )
+}
+
+/// The index of the column called `name` (case-insensitively).
+fn find_column(
+    headers: &csv::StringRecord,
+    name: &str,
+    path: &Path,
+) -> Result<usize, MapFileError> {
+    headers
+        .iter()
+        .position(|h| h.eq_ignore_ascii_case(name.trim()))
+        .ok_or_else(|| MapFileError::NoColumn {
+            path: path.to_owned(),
+            column: name.to_owned(),
+            found: headers.iter().collect::<Vec<_>>().join(", "),
+        })
+}
+
+/// Where the two columns are, and their names for messages.
+struct Columns<'a> {
+    file: usize,
+    target: usize,
+    file_name: &'a str,
+    target_name: &'a str,
+    /// How many fields the header has.
+    count: usize,
+}
+
+/// The rows read so far: name → (value, line it came from), `None` once two rows disagree.
+#[derive(Default)]
+struct Rows {
+    seen: HashMap<String, (Option<String>, u64)>,
+    problems: Vec<RowProblem>,
+}
+
+impl Rows {
+    fn add(&mut self, record: &csv::StringRecord, line: u64, columns: &Columns<'_>, key: KeyKind) {
+        if record.iter().all(str::is_empty) {
+            return;
+        }
+        match row_value(record, columns, key) {
+            Ok((file, value)) => self.insert(file, value, line),
+            Err(message) => self.problems.push(RowProblem { line, message }),
+        }
+    }
+
+    fn insert(&mut self, file: &str, value: String, line: u64) {
+        let name = file_key(file);
+        let message = match self.seen.get_mut(&name) {
+            None => {
+                self.seen.insert(name, (Some(value), line));
+                return;
+            }
+            Some((Some(v), first)) if *v == value => {
+                format!("duplicate of line {first} (`{file}`); the first applies")
+            }
+            Some((kept, first)) => {
+                *kept = None;
+                format!("`{file}` is also on line {first} with another target; neither applies")
+            }
+        };
+        self.problems.push(RowProblem { line, message });
+    }
+
+    /// The rows that apply, and the problems in the order of their lines.
+    fn finish(self) -> (HashMap<String, String>, Vec<RowProblem>) {
+        let rows = self
+            .seen
+            .into_iter()
+            .filter_map(|(k, (v, _))| v.map(|v| (k, v)))
+            .collect();
+        (rows, self.problems)
+    }
+}
+
+/// A row's file name and normalised target, or why the row is left out.
+fn row_value<'r>(
+    record: &'r csv::StringRecord,
+    columns: &Columns<'_>,
+    key: KeyKind,
+) -> Result<(&'r str, String), String> {
+    let (Some(file), Some(target)) = (record.get(columns.file), record.get(columns.target)) else {
+        return Err(format!(
+            "has {} field(s); the header has {}",
+            record.len(),
+            columns.count
+        ));
+    };
+    if file.is_empty() {
+        return Err(format!("`{}` is empty", columns.file_name));
+    }
+    if target.is_empty() {
+        return Err(format!("`{}` is empty", columns.target_name));
+    }
+    let value = normalise_key(target, key).map_err(|e| format!("target {e}"))?;
+    Ok((file, value))
+}
+
+/// The line of a record's (or an error's) position; 0 when the reader gave none.
+fn line_of(text: &str, position: Option<&csv::Position>) -> u64 {
+    position.map_or(0, |p| line_at(text, p.byte() as usize))
+}
+
 /// The line a record starts on. The reader's own line count starts a record at the blank lines
 /// before it (it skips them as part of the record), so the number comes from the first byte of
 /// the record's content instead.
@@ -248,24 +295,7 @@ fn line_at(text: &str, byte: usize) -> u64 {
 fn file_key(name: &str) -> String {
     let name: String = name.trim().nfc().collect::<String>().to_lowercase();
     match name.rsplit_once('.') {
-        Some((stem, ext))
-            if !stem.is_empty()
-                && matches!(
-                    ext,
-                    "jpg"
-                        | "jpeg"
-                        | "jpe"
-                        | "jfif"
-                        | "png"
-                        | "gif"
-                        | "webp"
-                        | "tif"
-                        | "tiff"
-                        | "bmp"
-                ) =>
-        {
-            stem.to_owned()
-        }
+        Some((stem, ext)) if !stem.is_empty() && is_photo_extension(ext) => stem.to_owned(),
         _ => name,
     }
 }

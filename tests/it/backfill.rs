@@ -489,6 +489,35 @@ async fn config_errors_exit_2_and_name_the_key() {
     assert!(env.emu.requests().is_empty());
 }
 
+/// An `include` list too big to compile as a set was dropped after validation, so every file
+/// of the source was uploaded.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_glob_that_does_not_compile_refuses_the_config() {
+    let env = Env::new().await;
+    env.add_user("a@contoso.com");
+    env.put("staff/archive/a@contoso.com.jpg", &jpeg(1));
+    let alternatives: Vec<String> = (0..50_000).map(|i| format!("a{i}*b")).collect();
+    env.write_config(&format!(
+        "\n[[source]]\nroot = \"staff\"\ntarget = \"user\"\nkey = \"upn\"\ninclude = [\"{{{}}}\"]\n",
+        alternatives.join(",")
+    ));
+    let out = env.run(&["backfill"]).await;
+    let all = text(&out);
+    let head: String = all.chars().take(400).collect();
+    assert_eq!(out.status.code(), Some(2), "{head}");
+    assert!(all.contains("`source[3].include`"), "{head}");
+    assert!(all.contains("config.toml:42"), "{head}");
+    assert!(env.emu.requests().is_empty());
+    assert!(env.emu.user_photo("a@contoso.com").is_none());
+
+    env.write_config(
+        "\n[[source]]\nroot = \"staff\"\ntarget = \"user\"\nkey = \"upn\"\nexclude = [\"[old\"]\n",
+    );
+    let out = env.run(&["backfill"]).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("`source[3].exclude`"), "{}", text(&out));
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn two_files_for_one_target_the_newest_wins_every_time() {
     let env = Env::new().await;
@@ -542,6 +571,82 @@ async fn symlinks_are_followed_only_inside_the_root() {
         "{}",
         text(&out)
     );
+}
+
+/// Makes `base/<segments…>` (each created from its parent, so no call needs the whole path)
+/// ending `depth` bytes from `base`, and returns it. Beyond `PATH_MAX` (4096 bytes) a path
+/// cannot be stat'ed or listed even by root, which is how these tests meet unreadable files.
+fn deep_folder(base: &std::path::Path, depth: usize) -> std::path::PathBuf {
+    let mut segments = Vec::new();
+    let mut left = depth;
+    while left >= 2 {
+        let take = (left - 1).min(200);
+        segments.push("d".repeat(take));
+        left -= take + 1;
+    }
+    let status = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(r#"cd "$0" && for s in "$@"; do mkdir "$s" && cd "$s" || exit 1; done"#)
+        .arg(base)
+        .args(&segments)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    segments.iter().fold(base.to_owned(), |p, s| p.join(s))
+}
+
+/// A file whose metadata could not be read was dropped without a word, and a folder that
+/// could not be listed was counted as an unfollowed link; both are failures naming the path.
+#[tokio::test(flavor = "multi_thread")]
+async fn unreadable_files_and_folders_are_failures_naming_the_path() {
+    let env = Env::new().await;
+    env.add_user("alice@contoso.com");
+    env.put("users/alice@contoso.com.jpg", &jpeg(1));
+    let users = env.path("users");
+    let folder = deep_folder(&users, 3950 - users.as_os_str().len());
+    let long = format!("{}@contoso.com", "p".repeat(230));
+    let run_in = |script: &str| {
+        let status = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .arg(&users)
+            .args(folder.strip_prefix(&users).unwrap().iter())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    // Each name is short enough to create from its folder; the full path is too long to read.
+    run_in(&format!(
+        r#"cd "$0" && for s in "$@"; do cd "$s" || exit 1; done && printf x > {long}.jpg && mkdir {long}"#
+    ));
+    std::os::unix::fs::symlink(
+        env.path("nowhere.jpg"),
+        env.path("users/bob@contoso.com.jpg"),
+    )
+    .unwrap();
+
+    let out = env.run(&["backfill"]).await;
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(env.emu.user_photo("alice@contoso.com").is_some());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let unreadable: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.contains(": unreadable: "))
+        .collect();
+    assert_eq!(unreadable.len(), 2, "{stdout}");
+    assert!(
+        unreadable
+            .iter()
+            .any(|l| l.contains(&format!("{long}.jpg: unreadable: "))),
+        "{stdout}"
+    );
+    assert!(
+        unreadable.iter().all(|l| l.contains("File name too long")),
+        "{stdout}"
+    );
+    assert!(stdout.contains("broken_link 1"), "{stdout}");
+    assert!(!stdout.contains("unfollowed_link"), "{stdout}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -13,6 +13,7 @@ use std::time::{Duration, SystemTime};
 
 use percent_encoding::percent_decode_str;
 use photosync::config::{Config, ConfigError, KeyKind, SourceConfig, TargetKind};
+use photosync::graph::paths::photo_path;
 use photosync::mapping::{map_path, Mapped, Target};
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -580,7 +581,7 @@ fn user_of(segment: &str) -> Result<String, TestCaseError> {
 
 /// What must hold for every photo path a file name can produce.
 fn check_photo_path(t: &Target) -> Result<(), TestCaseError> {
-    let p = t.photo_path();
+    let p = photo_path(t);
     prop_assert!(
         p.starts_with("/users/") || p.starts_with("/users('") || p.starts_with("/groups/"),
         "{p}"
@@ -710,7 +711,7 @@ fn named_hostile_names() {
     let path_of = |s: &SourceConfig, rel: &str| match map_path(s, Path::new(rel)) {
         Mapped::Photo(t) => {
             check_photo_path(&t).unwrap();
-            Some(t.photo_path())
+            Some(photo_path(&t))
         }
         _ => None,
     };
