@@ -168,10 +168,6 @@ impl Debounce {
         self.pending.insert(path, (s, Instant::now()));
     }
 
-    pub fn len(&self) -> usize {
-        self.pending.len()
-    }
-
     pub fn is_empty(&self) -> bool {
         self.pending.is_empty()
     }
