@@ -199,14 +199,30 @@ pub(crate) fn try_load_config(path: &std::path::Path) -> Result<Config, String> 
 /// Cancels `token` on SIGTERM or SIGINT; a second signal ends [`main`] at once with
 /// [`Outcome::Interrupted`].
 pub(crate) fn stop_on_signals(token: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    // Installed before this returns, and kept for both signals: one that arrives between the
+    // two waits is not missed.
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::warn!("cannot handle SIGTERM and SIGINT");
+        return;
+    };
     tokio::spawn(async move {
-        let first = wait_for_signal().await;
+        let mut next = async || -> &'static str {
+            tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = int.recv() => "SIGINT",
+            }
+        };
+        let first = next().await;
         tracing::warn!(
             signal = first,
             "stopping: finishing in-flight uploads (send again to exit now)"
         );
         token.cancel();
-        let second = wait_for_signal().await;
+        let second = next().await;
         tracing::error!(signal = second, "second signal: exiting now");
         SECOND_SIGNAL.notify_one();
     });
@@ -226,19 +242,4 @@ pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     out
-}
-
-async fn wait_for_signal() -> &'static str {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        // Without signal handlers there is nothing to wait for.
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
-    }
 }

@@ -130,7 +130,10 @@ impl<'a> Follower<'a> {
 
     /// One turn after an event or a tick: collect a finished pass, read the triggers, start
     /// the next pass if one is due and none is under way.
-    async fn step(&mut self, progress: &tokio::sync::watch::Sender<Progress>) -> Result<(), EngineError> {
+    async fn step(
+        &mut self,
+        progress: &tokio::sync::watch::Sender<Progress>,
+    ) -> Result<(), EngineError> {
         if let Some(pass) = self.planning.take_if(|p| p.task.is_finished()) {
             let whole_tree = pass.whole_tree;
             let report = pass.join().await?;

@@ -27,8 +27,8 @@ use crate::ledger::Ledger;
 use crate::stats::Stats;
 
 use follow::Next;
-pub use reload::{plain_loader, ConfigLoader};
 use reload::Reloads;
+pub use reload::{plain_loader, ConfigLoader};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {

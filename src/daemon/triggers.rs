@@ -123,7 +123,10 @@ impl Triggers {
         self.collect_file_look(&mut fired).await;
         self.collect_root_look(watch, &mut fired).await;
         self.start_looks();
-        if watch.rescan.swap(false, std::sync::atomic::Ordering::Relaxed) {
+        if watch
+            .rescan
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
+        {
             fired.rescan = true;
         }
         if self.last_rescan.elapsed() >= self.rescan_interval {

@@ -58,6 +58,7 @@ async fn new_photo_is_uploaded_once_stable_and_bursts_coalesce() {
     let before = uploads_for(&env, "alice@contoso.com");
     for i in 0..20 {
         env.put("users/alice@contoso.com.jpg", &jpeg(100 + i));
+        // Paces the burst: each rewrite well inside the debounce of the one before.
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     wait_until("alice's final photo", Duration::from_secs(30), || {
