@@ -239,3 +239,82 @@ impl<T: Send + 'static> Look<T> {
         Some(handle.await)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(dir: &std::path::Path) -> Config {
+        let text = r#"
+[auth]
+tenant_id = "contoso.onmicrosoft.com"
+client_id = "id"
+client_secret = "s"
+
+[state]
+database = "state.db"
+
+[sync]
+debounce = "100ms"
+
+[[source]]
+root = "users"
+target = "user"
+key = "upn"
+mapping = "badges.csv"
+column_file = "badge"
+column_target = "upn"
+"#;
+        Config::parse(text, &dir.join("config.toml")).unwrap()
+    }
+
+    /// Ticks until `done` holds for what fired (bounded: only a hung test fails on time).
+    async fn tick_until(t: &mut Triggers, watch: &Watch, done: impl Fn(&Fired) -> bool) -> Fired {
+        let start = Instant::now();
+        loop {
+            let fired = t.tick(watch).await;
+            if done(&fired) {
+                return fired;
+            }
+            assert!(start.elapsed() < Duration::from_secs(30), "never fired");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_changed_mapping_file_fires_a_rescan_and_a_still_file_is_handed_on() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("users")).unwrap();
+        let csv = dir.path().join("badges.csv");
+        std::fs::write(&csv, "badge,upn\n").unwrap();
+        let cfg = config(dir.path());
+        let (tx, _rx) = tokio::sync::mpsc::channel(8);
+        let watch = watch::start(
+            &[dir.path().join("users")],
+            crate::config::WatchMode::Poll,
+            &tx,
+        );
+        let mut t = Triggers::new(&cfg).await;
+
+        let photo = dir.path().join("users/a.jpg");
+        std::fs::write(&photo, b"1").unwrap();
+        let touched = Instant::now();
+        t.touch(photo.clone());
+        let fired = tick_until(&mut t, &watch, |f| !f.stable.is_empty()).await;
+        assert_eq!(fired.stable, [photo]);
+        assert!(touched.elapsed() >= cfg.sync.debounce);
+        assert!(!fired.rescan);
+
+        let later = std::time::SystemTime::now() + Duration::from_secs(5);
+        std::fs::File::options()
+            .write(true)
+            .open(&csv)
+            .unwrap()
+            .set_modified(later)
+            .unwrap();
+        tick_until(&mut t, &watch, |f| f.rescan).await;
+        // Once: the new time is the baseline now.
+        let fired = t.tick(&watch).await;
+        assert!(!fired.rescan);
+    }
+}
