@@ -32,6 +32,11 @@ static TUNE_ALLOCATOR: extern "C" fn() = {
 };
 
 fn main() -> ExitCode {
+    use photosync::cli::{exit, Outcome};
     let cli = photosync::cli::Cli::parse();
-    photosync::cli::main(cli)
+    match photosync::cli::main(cli) {
+        Outcome::Finished(code) => ExitCode::from(code),
+        // Whatever still runs (an upload, a walk) ends with the process.
+        Outcome::Interrupted => std::process::exit(i32::from(exit::INTERRUPTED)),
+    }
 }

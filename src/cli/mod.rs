@@ -3,7 +3,6 @@
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
-use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
@@ -28,6 +27,8 @@ pub mod exit {
     pub const USAGE: u8 = 2;
     /// Fatal runtime error: credentials refused, database unusable.
     pub const FATAL: u8 = 3;
+    /// A second SIGTERM or SIGINT: exited at once, without waiting for in-flight uploads.
+    pub const INTERRUPTED: u8 = 130;
 }
 
 const EXIT_CODES: &str = "Exit codes:
@@ -87,11 +88,24 @@ pub enum Command {
     Verify(verify::Args),
 }
 
-/// Runs the parsed command line and returns the process exit code.
 /// Set once from the command line, before any config is loaded.
 static ALLOW_INSECURE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
-pub fn main(cli: Cli) -> ExitCode {
+/// Raised by [`stop_on_signals`] when a second stop signal arrives.
+static SECOND_SIGNAL: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
+/// How a command line ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The command finished with this exit code.
+    Finished(u8),
+    /// A second stop signal came while the first was being honoured: the process should exit
+    /// at once (with [`exit::INTERRUPTED`]), whatever is still running.
+    Interrupted,
+}
+
+/// Runs the parsed command line.
+pub fn main(cli: Cli) -> Outcome {
     ALLOW_INSECURE.store(
         cli.allow_insecure_permissions,
         std::sync::atomic::Ordering::Relaxed,
@@ -106,10 +120,10 @@ pub fn main(cli: Cli) -> ExitCode {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::from(exit::FATAL);
+            return Outcome::Finished(exit::FATAL);
         }
     };
-    let code = runtime.block_on(async {
+    let command = async {
         match cli.command {
             Command::Backfill(args) => backfill::run(&cli.config, args, interactive).await,
             Command::Run(args) => run::run(&cli.config, args).await,
@@ -118,8 +132,18 @@ pub fn main(cli: Cli) -> ExitCode {
             Command::Retry(args) => retry::run(&cli.config, args).await,
             Command::Verify(args) => verify::run(&cli.config, args).await,
         }
+    };
+    let outcome = runtime.block_on(async {
+        tokio::select! {
+            code = command => Outcome::Finished(code),
+            () = SECOND_SIGNAL.notified() => Outcome::Interrupted,
+        }
     });
-    ExitCode::from(code)
+    if outcome == Outcome::Interrupted {
+        // Blocking work (a walk of a hung share, a read) is not waited for.
+        runtime.shutdown_background();
+    }
+    outcome
 }
 
 fn init_tracing(verbose: u8, format: LogFormat, interactive: bool) {
@@ -173,32 +197,50 @@ pub(crate) fn try_load_config(path: &std::path::Path) -> Result<Config, String> 
     Ok(cfg)
 }
 
-/// Cancels `token` on SIGTERM or SIGINT; a second signal exits at once.
+/// Cancels `token` on SIGTERM or SIGINT; a second signal ends [`main`] at once with
+/// [`Outcome::Interrupted`].
 pub(crate) fn stop_on_signals(token: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    // Installed before this returns, and kept for both signals: one that arrives between the
+    // two waits is not missed.
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::warn!("cannot handle SIGTERM and SIGINT");
+        return;
+    };
     tokio::spawn(async move {
-        let first = wait_for_signal().await;
+        let mut next = async || -> &'static str {
+            tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = int.recv() => "SIGINT",
+            }
+        };
+        let first = next().await;
         tracing::warn!(
             signal = first,
             "stopping: finishing in-flight uploads (send again to exit now)"
         );
         token.cancel();
-        let second = wait_for_signal().await;
+        let second = next().await;
         tracing::error!(signal = second, "second signal: exiting now");
-        std::process::exit(130);
+        SECOND_SIGNAL.notify_one();
     });
 }
 
-async fn wait_for_signal() -> &'static str {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        // Without signal handlers there is nothing to wait for.
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
+/// An error and its sources, each once: `a: b: c`. A message that already includes its
+/// source's text is not followed by it again.
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
     }
+    out
 }

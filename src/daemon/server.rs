@@ -3,7 +3,6 @@
 //! text format). Read-only: it looks at [`Stats`] and changes nothing.
 
 use std::fmt::Write as _;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::http::{header, StatusCode};
@@ -14,13 +13,16 @@ use tokio_util::sync::CancellationToken;
 
 use crate::stats::{Stats, LATENCY_BUCKETS_MS};
 
-/// Binds `addr` and serves until `stop` is cancelled.
-pub async fn serve(
-    addr: SocketAddr,
+/// Serves on `listener` (bound by the caller: an operator's address, or port 0 in tests) until
+/// `stop` is cancelled.
+pub fn serve(
+    listener: std::net::TcpListener,
     stats: Arc<Stats>,
     stop: CancellationToken,
 ) -> std::io::Result<tokio::task::JoinHandle<()>> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
+    listener.set_nonblocking(true)?;
+    let listener = tokio::net::TcpListener::from_std(listener)?;
+    let addr = listener.local_addr()?;
     tracing::info!(%addr, "serving /healthz, /readyz and /metrics");
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))

@@ -23,12 +23,9 @@ use crate::config::WatchMode;
 pub enum WatchError {
     #[error("cannot watch {path}: the inotify watch limit is reached; raise it with `sysctl fs.inotify.max_user_watches=524288` (and fs.inotify.max_user_instances); polling this root meanwhile")]
     Limit { path: PathBuf },
-    #[error("cannot watch {path}: {source}; polling this root meanwhile")]
-    Other {
-        path: PathBuf,
-        #[source]
-        source: notify::Error,
-    },
+    /// Logged, not handed on: its message carries the watcher's error itself.
+    #[error("cannot watch {path}: {error}; polling this root meanwhile")]
+    Other { path: PathBuf, error: notify::Error },
 }
 
 /// A root's device and inode (`None`: it cannot be stat'ed). inotify watches inodes and says
@@ -139,7 +136,7 @@ fn watch_root(
         },
         _ => WatchError::Other {
             path: root.to_owned(),
-            source,
+            error: source,
         },
     };
     let mut w = notify::recommended_watcher(handler).map_err(classify)?;
@@ -166,10 +163,6 @@ impl Debounce {
     pub fn touch(&mut self, path: PathBuf) {
         let s = stat(&path);
         self.pending.insert(path, (s, Instant::now()));
-    }
-
-    pub fn len(&self) -> usize {
-        self.pending.len()
     }
 
     pub fn is_empty(&self) -> bool {

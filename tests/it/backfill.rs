@@ -286,8 +286,7 @@ async fn an_unknown_user_is_parked_alone_and_uploaded_once_it_exists() {
         "{stdout}"
     );
     assert!(env.emu.user_photo("alice@contoso.com").is_some());
-    let out = env.run(&["status", "--json"]).await;
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = crate::helpers::status_json(&env).await;
     let parked = &v["parked"][0];
     assert_eq!(parked["target"], "user:ghost@contoso.com", "{v}");
     assert_eq!(parked["http_status"], 404, "{v}");
@@ -732,10 +731,9 @@ async fn an_emptied_root_keeps_its_records_when_photos_are_kept() {
     let out = env.run(&["backfill"]).await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let files = |env: &Env| -> u64 {
-        let out = tokio::task::block_in_place(|| {
-            tokio::runtime::Handle::current().block_on(env.run(&["status", "--json"]))
+        let v = tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current().block_on(crate::helpers::status_json(env))
         });
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         v["files"].as_u64().unwrap()
     };
     // The share goes away (its files moved aside, mtimes kept) and comes back.

@@ -17,17 +17,15 @@ use std::time::{Duration, Instant};
 use graph_emulator::Faults;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
-use sqlx::sqlite::SqliteConnectOptions;
-use sqlx::SqlitePool;
 
-use crate::helpers::{text, unique_jpeg, upload_requests, uploads_ok, Env};
+use crate::helpers::{read_ledger, text, unique_jpeg, upload_requests, uploads_ok, Env};
 
 const PHOTOS: u32 = 2000;
 const KILLS: usize = 20;
 const SEED: u64 = 0x00c0_ffee;
 
 fn upn(i: u32) -> String {
-    format!("crash{i:04}@contoso.com")
+    crate::helpers::upn("crash", i)
 }
 
 /// How one interrupted run ended.
@@ -192,25 +190,10 @@ async fn sigkill_at_random_moments_loses_nothing_and_repeats_little() {
     let more = sent_in.values().filter(|r| r.len() > 2).count();
 
     // The ledger is a sound database that knows every photo as synced.
-    let pool = SqlitePool::connect_with(SqliteConnectOptions::new().filename(env.db()))
-        .await
-        .unwrap();
-    let check: Vec<String> = sqlx::query_scalar("PRAGMA integrity_check")
-        .fetch_all(&pool)
-        .await
-        .unwrap();
-    assert_eq!(check, ["ok"]);
-    let synced: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM targets WHERE state = 'synced'")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-    assert_eq!(synced, i64::from(PHOTOS));
-    let files: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM files")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-    assert_eq!(files, i64::from(PHOTOS));
-    pool.close().await;
+    let ledger = read_ledger(&env).await;
+    assert_eq!(ledger.integrity, ["ok"]);
+    assert_eq!(ledger.synced().count(), PHOTOS as usize);
+    assert_eq!(ledger.files, i64::from(PHOTOS));
 
     // And a last run finds nothing to do.
     let sent = upload_requests(&env.emu).len();

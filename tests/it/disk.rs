@@ -13,11 +13,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use sqlx::sqlite::SqliteConnectOptions;
-use sqlx::SqlitePool;
-
-use crate::daemon::{until, Daemon};
-use crate::helpers::{text, unique_jpeg, upload_requests, uploads_ok, Env};
+use crate::helpers::{
+    error_chain, read_ledger, spawn_daemon, text, unique_jpeg, upload_requests, uploads_ok,
+    wait_until, Env,
+};
 
 /// A mount made by a test, undone when dropped (also when the test panics). Declare it after
 /// the [`Env`] whose folder it is in, so that it is dropped first.
@@ -91,27 +90,24 @@ impl Mount {
         mount_cmd(&["-o", &opts, self.dir.to_str().unwrap()]).unwrap();
     }
 
-    /// Unmounts now; a busy file system is retried, then detached lazily.
+    /// Unmounts now; a busy file system (the daemon's watch or walk in it) is detached
+    /// lazily: it is gone from the path at once either way.
     fn unmount(&mut self) {
         assert!(self.mounted);
         self.mounted = false;
-        for _ in 0..20 {
-            if Command::new("umount")
-                .arg(&self.dir)
-                .status()
-                .unwrap()
-                .success()
-            {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        assert!(Command::new("umount")
-            .arg("-l")
+        let done = Command::new("umount")
             .arg(&self.dir)
             .status()
             .unwrap()
-            .success());
+            .success();
+        if !done {
+            assert!(Command::new("umount")
+                .arg("-l")
+                .arg(&self.dir)
+                .status()
+                .unwrap()
+                .success());
+        }
     }
 }
 
@@ -151,7 +147,7 @@ fn mounts_allowed(test: &str) -> bool {
 }
 
 fn upn(i: u32) -> String {
-    format!("disk{i:03}@contoso.com")
+    crate::helpers::upn("disk", i)
 }
 
 /// Users `range` in Graph and their photos under `users/`.
@@ -175,33 +171,24 @@ fn assert_all_arrived(env: &Env, range: std::ops::Range<u32>) {
 /// The ledger is a sound SQLite file, and every target it calls synced has in Graph a photo
 /// whose bytes hash to what the ledger recorded. Returns how many targets are synced.
 async fn assert_ledger_sound(env: &Env) -> usize {
-    let pool = SqlitePool::connect_with(SqliteConnectOptions::new().filename(env.db()))
-        .await
-        .unwrap();
-    let check: Vec<String> = sqlx::query_scalar("PRAGMA integrity_check")
-        .fetch_all(&pool)
-        .await
-        .unwrap();
-    assert_eq!(check, ["ok"]);
-    let synced: Vec<(String, Option<String>)> =
-        sqlx::query_as("SELECT target_key, last_hash FROM targets WHERE state = 'synced'")
-            .fetch_all(&pool)
-            .await
-            .unwrap();
-    pool.close().await;
-    for (key, hash) in &synced {
-        let upn = key.strip_prefix("user:").unwrap();
-        let photo = env
-            .emu
-            .user_photo(upn)
-            .unwrap_or_else(|| panic!("the ledger says {key} is synced, but Graph has no photo"));
+    let ledger = read_ledger(env).await;
+    assert_eq!(ledger.integrity, ["ok"]);
+    for t in ledger.synced() {
+        let upn = t.key.strip_prefix("user:").unwrap();
+        let photo = env.emu.user_photo(upn).unwrap_or_else(|| {
+            panic!(
+                "the ledger says {} is synced, but Graph has no photo",
+                t.key
+            )
+        });
         assert_eq!(
             Some(blake3::hash(&photo.bytes).to_hex().to_string()),
-            *hash,
-            "the ledger's hash for {key} is not what Graph holds"
+            t.last_hash,
+            "the ledger's hash for {} is not what Graph holds",
+            t.key
         );
     }
-    synced.len()
+    ledger.synced().count()
 }
 
 /// Fills the file system under `dir` until `leave` bytes are free.
@@ -338,32 +325,33 @@ async fn full_database_file_system_stops_the_daemon_with_its_path() {
     let db = env.db().display().to_string();
     let state = Mount::tmpfs(&env.path("state"), "8m");
     env.write_config("\n[sync]\ndebounce = \"500ms\"\n");
-    let d = Daemon::start(&env).await;
-    until("the first photos", Duration::from_secs(20), || {
+    let d = spawn_daemon(&env).await;
+    wait_until("the first photos", Duration::from_secs(30), || {
         uploads_ok(&env.emu) == 5
     })
     .await;
 
     let filler = fill(&env.path("state"), 0);
     add_photos(&env, 5..200);
-    let (code, log) = d.exit(Duration::from_secs(60)).await;
-    assert_eq!(code, Some(3), "{log}");
+    // A fatal error (the process exits 3 on it), naming the database and the cause.
+    let e = d.finished().await.unwrap_err();
+    assert!(!e.is_usage(), "{e:?}");
+    let message = error_chain(&e);
     assert!(
-        log.contains(&format!("error: cannot write the database {db}: "))
-            && log.contains("database or disk is full"),
-        "{log}"
+        message.starts_with(&format!("cannot write the database {db}: "))
+            && message.contains("database or disk is full"),
+        "{message}"
     );
     std::fs::remove_file(filler).unwrap();
     assert!(assert_ledger_sound(&env).await >= 5);
 
     // Restarted (systemd's Restart=on-failure), it finishes the job.
-    let d = Daemon::start(&env).await;
-    until("every photo", Duration::from_secs(30), || {
+    let d = spawn_daemon(&env).await;
+    wait_until("every photo", Duration::from_secs(60), || {
         (0..200).all(|i| env.emu.user_photo(&upn(i)).is_some())
     })
     .await;
-    let (code, log) = d.stop().await;
-    assert_eq!(code, Some(0), "{log}");
+    d.stop().await.unwrap();
     assert_all_arrived(&env, 0..200);
     assert_eq!(assert_ledger_sound(&env).await, 200);
     drop(state);
@@ -384,50 +372,43 @@ async fn source_root_unmounted_under_the_daemon_deletes_nothing_and_comes_back()
     }
     let mut root = Mount::bind(&share, &env.path("users"));
     env.write_config("\n[sync]\ndebounce = \"500ms\"\non_delete = \"delete\"\n");
-    let d = Daemon::start(&env).await;
-    until("the first photos", Duration::from_secs(20), || {
+    let mut d = spawn_daemon(&env).await;
+    wait_until("the first photos", Duration::from_secs(30), || {
         uploads_ok(&env.emu) == 10
     })
     .await;
 
     root.unmount();
-    d.wait_log("is the share mounted?", Duration::from_secs(20))
+    // "Is the share mounted?": the empty root refuses its deletions.
+    d.wait("the refused deletions", |p| p.deletions_refused > 0)
         .await;
-    // Then the mount point itself goes: the root cannot be read at all.
+    // Then the mount point itself goes: a pass finds the root unreadable.
     std::fs::remove_dir(env.path("users")).unwrap();
-    d.wait_log(
-        &format!(
-            "source root unreadable root={}",
-            env.path("users").display()
-        ),
-        Duration::from_secs(20),
-    )
-    .await;
+    d.next_rescan().await;
     // A photo lands on the share while it is not mounted here.
     env.add_user(&upn(10));
     env.put(&format!("share/{}.jpg", upn(10)), &unique_jpeg(10));
     root.mount();
-    until("the photo added meanwhile", Duration::from_secs(20), || {
+    wait_until("the photo added meanwhile", Duration::from_secs(30), || {
         env.emu.user_photo(&upn(10)).is_some()
     })
     .await;
     // And the watcher follows the remounted root again.
     env.add_user(&upn(11));
     env.put(&format!("users/{}.jpg", upn(11)), &unique_jpeg(11));
-    until(
+    wait_until(
         "a photo added after the remount",
-        Duration::from_secs(20),
+        Duration::from_secs(30),
         || env.emu.user_photo(&upn(11)).is_some(),
     )
     .await;
-    let (code, log) = d.stop().await;
-    assert_eq!(code, Some(0), "{log}");
+    d.stop().await.unwrap();
     assert!(
         !env.emu
             .requests()
             .iter()
             .any(|r| matches!(r.kind, graph_emulator::RequestKind::PhotoDelete)),
-        "a photo was deleted:\n{log}"
+        "a photo was deleted"
     );
     assert_all_arrived(&env, 0..12);
     assert_eq!(assert_ledger_sound(&env).await, 12);
@@ -443,8 +424,8 @@ async fn source_root_emptied_under_the_daemon_deletes_nothing() {
     let env = Env::new().await;
     add_photos(&env, 0..5);
     env.write_config("\n[sync]\ndebounce = \"500ms\"\non_delete = \"delete\"\n");
-    let d = Daemon::start(&env).await;
-    until("the first photos", Duration::from_secs(20), || {
+    let mut d = spawn_daemon(&env).await;
+    wait_until("the first photos", Duration::from_secs(30), || {
         uploads_ok(&env.emu) == 5
     })
     .await;
@@ -452,9 +433,9 @@ async fn source_root_emptied_under_the_daemon_deletes_nothing() {
     for i in 0..5 {
         std::fs::remove_file(env.path(&format!("users/{}.jpg", upn(i)))).unwrap();
     }
-    d.wait_log("is the share mounted?", Duration::from_secs(20))
+    // "Is the share mounted?"
+    d.wait("the refused deletions", |p| p.deletions_refused > 0)
         .await;
-    let (code, log) = d.stop().await;
-    assert_eq!(code, Some(0), "{log}");
+    d.stop().await.unwrap();
     assert_all_arrived(&env, 0..5);
 }

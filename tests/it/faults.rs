@@ -12,13 +12,13 @@ use graph_emulator::{
 };
 
 use crate::helpers::{
-    text, unique_jpeg, upload_requests, uploads_ok, Env, CLIENT_ID, SECRET, TENANT,
+    text, unique_jpeg, upload_requests, uploads_ok, wait_until, Env, CLIENT_ID, SECRET, TENANT,
 };
 
 const PHOTOS: u32 = 300;
 
 fn upn(i: u32) -> String {
-    format!("storm{i:03}@contoso.com")
+    crate::helpers::upn("storm", i)
 }
 
 /// A burst of three 429s with `Retry-After: 0.5`, then a token Graph refuses once.
@@ -95,9 +95,10 @@ async fn every_photo_arrives_intact_through_a_fault_storm() {
     let emu = env.emu.clone();
     let bursts = tokio::spawn(async move {
         for quarter in 1..=3 {
-            while uploads_ok(&emu) < (quarter * PHOTOS / 4) as usize {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+            wait_until("a quarter of the uploads", Duration::from_secs(300), || {
+                uploads_ok(&emu) >= (quarter * PHOTOS / 4) as usize
+            })
+            .await;
             burst(&emu);
         }
     });

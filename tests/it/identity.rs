@@ -5,8 +5,10 @@ use std::time::Duration;
 
 use graph_emulator::{RequestKind, User};
 
-use crate::daemon::{until, Daemon};
-use crate::helpers::{text, unique_jpeg, upload_requests, uploads_ok, uuid_for, Env};
+use crate::helpers::{
+    spawn_daemon, status_json, text, unique_jpeg, upload_requests, uploads_ok, uuid_for,
+    wait_until, Env,
+};
 
 fn lookups(env: &Env) -> Vec<graph_emulator::Recorded> {
     env.emu
@@ -120,8 +122,7 @@ async fn mail_no_match_and_multi_match_are_reported_and_the_rest_sync() {
     );
     assert!(stdout.contains("1 parked"), "{}", text(&out));
 
-    let out = env.run(&["status", "--json"]).await;
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = status_json(&env).await;
     assert_eq!(v["totals"]["parked"], 1, "{v}");
     let parked = &v["parked"][0];
     assert_eq!(parked["target"], "user(mail):nobody@contoso.com", "{v}");
@@ -196,26 +197,24 @@ async fn a_parked_new_hire_is_uploaded_once_the_user_exists() {
         staff_source("employee_id", "")
     ));
     env.put("staff/004711.jpg", &unique_jpeg(4711));
-    let daemon = Daemon::start(&env).await;
-    // Parked: looked up, not found, nothing uploaded.
-    until("a lookup", Duration::from_secs(20), || {
-        !lookups(&env).is_empty()
+    let daemon = spawn_daemon(&env).await;
+    // Parked: looked up, not found, nothing uploaded; and looked up again when its retry came
+    // due, still nothing uploaded.
+    wait_until("a second lookup", Duration::from_secs(30), || {
+        lookups(&env).len() >= 2
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(upload_requests(&env.emu).is_empty());
     // HR's account provisioning catches up; nobody touches the file.
     let id = add_employee(&env, "newhire@contoso.com", "004711", "newhire@contoso.com");
-    until("the new hire's photo", Duration::from_secs(20), || {
+    wait_until("the new hire's photo", Duration::from_secs(30), || {
         env.emu.user_photo(&id).is_some()
     })
     .await;
     assert_eq!(env.emu.user_photo(&id).unwrap().bytes, unique_jpeg(4711));
     assert!(lookups(&env).len() >= 2);
-    let (code, log) = daemon.stop().await;
-    assert_eq!(code, Some(0), "{log}");
-    let out = env.run(&["status", "--json"]).await;
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    daemon.stop().await.unwrap();
+    let v = status_json(&env).await;
     assert_eq!(v["totals"]["parked"], 0, "{v}");
     assert_eq!(v["totals"]["synced"], 1, "{v}");
 }
@@ -302,8 +301,7 @@ async fn a_budgeted_backfill_goes_newest_first_and_resumes() {
     assert_eq!(uploaded(&env), [0, 1, 2, 3, 4, 5, 6]);
     assert_eq!(uploads_ok(&env.emu), 7, "nothing was uploaded twice");
     // Nothing the budget left out was taken for deleted.
-    let out = env.run(&["status", "--json"]).await;
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = status_json(&env).await;
     assert_eq!(v["files"], 7, "{v}");
 }
 
@@ -438,13 +436,13 @@ async fn the_daemon_follows_a_changed_mapping_file() {
         )
     ));
     env.put("staff/1001.jpg", &unique_jpeg(1001));
-    let daemon = Daemon::start(&env).await;
+    let daemon = spawn_daemon(&env).await;
     let wait_for = |id: String| {
         let emu = env.emu.clone();
         async move {
-            until(
+            wait_until(
                 &format!("a photo for {id}"),
-                Duration::from_secs(20),
+                Duration::from_secs(30),
                 || emu.user_photo(&id).is_some(),
             )
             .await;
@@ -455,7 +453,7 @@ async fn the_daemon_follows_a_changed_mapping_file() {
     std::fs::write(&csv, "badge,upn\n1001,bob@contoso.com\n").unwrap();
     wait_for(bob.clone()).await;
     assert_eq!(env.emu.user_photo(&bob).unwrap().bytes, unique_jpeg(1001));
-    daemon.stop().await;
+    daemon.stop().await.unwrap();
 }
 
 /// `parked_max_age` counts from the first time a photo was parked, as the ledger recorded it:

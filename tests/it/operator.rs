@@ -25,9 +25,7 @@ async fn status_json_lists_failures_and_retry_clears_them() {
     env.add_user("broken@contoso.com");
     assert_eq!(env.run(&["backfill"]).await.status.code(), Some(1));
 
-    let out = env.run(&["status", "--json"]).await;
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = crate::helpers::status_json(&env).await;
     assert_eq!(v["totals"]["synced"], 1, "{v}");
     assert_eq!(v["totals"]["failed"], 2, "{v}");
     assert_eq!(v["files"], 3, "{v}");

@@ -1,4 +1,4 @@
-//! Soak: the daemon (`photosync run`) under a steady trickle of new, changed and removed photos,
+//! Soak: the daemon (the `photosync run` process) under a steady trickle of new, changed and removed photos,
 //! with Graph alternating between calm and storms (seeded random 503s, resets and stalls, a
 //! burst of 429s at the start of each storm) and tokens that expire every 20 s. Its resident
 //! memory and open file descriptors are sampled from /proc every few seconds and must stay
@@ -17,8 +17,9 @@ use graph_emulator::{
 };
 use rand::{Rng, SeedableRng};
 
-use crate::daemon::{free_port, Daemon};
-use crate::helpers::{unique_jpeg, upload_requests, uploads_ok, Env, CLIENT_ID, SECRET, TENANT};
+use crate::helpers::{
+    unique_jpeg, upload_requests, uploads_ok, DaemonProcess, Env, CLIENT_ID, SECRET, TENANT,
+};
 
 const SEED: u64 = 0x50a4;
 /// Photos already there when the daemon starts.
@@ -65,7 +66,7 @@ fn sample(pid: u32, at: Duration) -> Sample {
 }
 
 fn upn(i: u32) -> String {
-    format!("soak{i:05}@contoso.com")
+    crate::helpers::upn("soak", i)
 }
 
 /// What each photo should end as: its latest bytes, or `None` once removed.
@@ -77,6 +78,16 @@ fn settled(env: &Env, model: &Model, i: u32) -> bool {
         Some(bytes) => photo.is_some_and(|p| p.bytes == *bytes),
         None => photo.is_none(),
     }
+}
+
+/// The address the daemon serves on, as it logs it (port 0 in the config: the system picks).
+fn served_at(log: &str) -> String {
+    log.lines()
+        .find(|l| l.contains("serving /healthz, /readyz and /metrics"))
+        .and_then(|l| l.split("addr=").nth(1))
+        .and_then(|a| a.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no address logged:\n{log}"))
+        .to_owned()
 }
 
 /// A value from the daemon's `/metrics`.
@@ -151,17 +162,16 @@ async fn soak(length: Duration, every: Duration) {
         env.put(&format!("users/{}.jpg", upn(i)), &bytes);
         model.insert(i, Some(bytes));
     }
-    let port = free_port();
     env.write_config_with(
         "client_secret_file = \"secret\"",
         "[upload]\nworkers = 4\nrequests_per_second = 50.0\nburst = 10\nmax_attempts = 8\nrequest_timeout = \"2s\"\nconnect_timeout = \"2s\"\n",
         "[image]\nmode = \"passthrough\"\n",
-        &format!(
-            "\n[sync]\ndebounce = \"500ms\"\nrescan_interval = \"15s\"\non_delete = \"delete\"\n\n[server]\nlisten = \"127.0.0.1:{port}\"\n"
-        ),
+        "\n[sync]\ndebounce = \"500ms\"\nrescan_interval = \"15s\"\non_delete = \"delete\"\n\n[server]\nlisten = \"127.0.0.1:0\"\n",
     );
-    let base = format!("http://127.0.0.1:{port}");
-    let d = Daemon::start(&env).await;
+    // A process, not the daemon in this one: its footprint is what is measured.
+    let d = DaemonProcess::start(&env).await;
+    d.wait_log("serving /healthz, /readyz and /metrics").await;
+    let base = format!("http://{}", served_at(&d.log()));
     let pid = d.pid();
 
     let started = Instant::now();
