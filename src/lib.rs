@@ -17,6 +17,6 @@ pub mod graph;
 pub mod image;
 pub mod ledger;
 pub mod mapping;
-pub mod report;
-pub mod source;
+pub(crate) mod report;
+pub(crate) mod source;
 pub mod stats;

@@ -19,25 +19,6 @@ pub struct Failure {
     pub request_id: Option<String>,
 }
 
-impl Failure {
-    /// A failure photosync decided itself: no Graph answer, so no error code or request id.
-    pub fn local(
-        path: impl Into<String>,
-        target: Option<String>,
-        reason: &str,
-        message: impl Into<String>,
-    ) -> Failure {
-        Failure {
-            path: path.into(),
-            target,
-            reason: reason.to_owned(),
-            message: message.into(),
-            code: None,
-            request_id: None,
-        }
-    }
-}
-
 #[derive(Debug, Default)]
 pub struct Stats {
     pub files: AtomicU64,

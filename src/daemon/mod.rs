@@ -11,7 +11,7 @@
 mod follow;
 mod notify;
 mod reload;
-pub mod server;
+pub(crate) mod server;
 mod triggers;
 
 use std::sync::Arc;

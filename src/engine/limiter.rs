@@ -240,8 +240,9 @@ impl Limiter {
         }
     }
 
+    #[cfg(test)]
     /// How many throttling answers (429, or 503/504 with Retry-After) were seen.
-    pub fn throttle_count(&self) -> u64 {
+    pub(crate) fn throttle_count(&self) -> u64 {
         self.throttles.load(Ordering::Relaxed)
     }
 

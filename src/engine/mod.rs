@@ -13,20 +13,20 @@
 //! - shutdown (cancellation) stops intake, lets in-flight uploads finish within the grace period,
 //!   flushes the ledger, and joins every task, inspecting its result.
 
-pub mod conflicts;
-pub mod decide;
-pub mod deletions;
+pub(crate) mod conflicts;
+pub(crate) mod decide;
+pub(crate) mod deletions;
 pub mod limiter;
-pub mod lookups;
-pub mod outcome;
-pub mod planner;
-pub mod preview;
-pub mod queue;
-pub mod retry;
-pub mod rules;
-pub mod settings;
-pub mod worker;
-pub mod writer;
+pub(crate) mod lookups;
+pub(crate) mod outcome;
+pub(crate) mod planner;
+pub(crate) mod preview;
+pub(crate) mod queue;
+pub(crate) mod retry;
+pub(crate) mod rules;
+pub(crate) mod settings;
+pub(crate) mod worker;
+pub(crate) mod writer;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -218,10 +218,6 @@ impl Engine {
 
     pub fn stats(&self) -> &Arc<Stats> {
         &self.intake.recorder.stats
-    }
-
-    pub fn fingerprint(&self) -> &str {
-        &self.intake.recorder.fingerprint
     }
 
     /// A dry run's plan, as it is made (once: the receiver is handed out to one caller). It

@@ -149,10 +149,6 @@ impl<J: Keyed> Queue<J> {
         inner.queued.len() + inner.waiting.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     pub fn in_flight(&self) -> usize {
         self.lock().in_flight.len()
     }

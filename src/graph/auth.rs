@@ -321,10 +321,6 @@ impl TokenSource {
         })
     }
 
-    pub fn token_url(&self) -> &str {
-        &self.token_url
-    }
-
     /// Whether a token is cached and not expired; `None` while one is being fetched.
     pub fn has_token(&self) -> Option<bool> {
         let cached = self.cached.try_lock().ok()?;

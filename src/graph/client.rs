@@ -31,10 +31,6 @@ pub struct PhotoMeta {
     pub etag: Option<String>,
     #[serde(default)]
     pub id: Option<String>,
-    #[serde(default)]
-    pub width: Option<u32>,
-    #[serde(default)]
-    pub height: Option<u32>,
 }
 
 /// Builds the process's one HTTP client.

@@ -10,13 +10,11 @@
 //! and matches user lookups, [`paths`] holds the URL grammar and its encoding. Nothing here
 //! reads the ledger or the source tree.
 
-pub mod auth;
-pub mod client;
-pub mod error;
+pub(crate) mod auth;
+pub(crate) mod client;
+pub(crate) mod error;
 pub mod paths;
-pub mod resolve;
+pub(crate) mod resolve;
 
-pub use client::{
-    connect, http_client, parse_retry_after, ConnectError, GraphClient, PhotoMeta, Reply,
-};
-pub use error::{ErrorClass, GraphError, TransportKind};
+pub use client::{connect, ConnectError, GraphClient, Reply};
+pub use error::{ErrorClass, GraphError};

@@ -151,8 +151,9 @@ impl Ledger {
             .collect())
     }
 
+    #[cfg(test)]
     /// When `target_key` was first parked, if it is parked.
-    pub async fn parked_since(&self, target_key: &str) -> Result<Option<i64>, LedgerError> {
+    pub(crate) async fn parked_since(&self, target_key: &str) -> Result<Option<i64>, LedgerError> {
         let since: Option<Option<i64>> = sqlx::query_scalar(
             "SELECT parked_since FROM targets WHERE target_key = ?1 AND state = 'parked'",
         )

@@ -10,16 +10,15 @@
 //! - a file the globs leave out, or whose name is not a photo's, never becomes a target.
 
 pub mod file;
-pub mod names;
-pub mod rules;
-pub mod target;
+pub(crate) mod names;
+pub(crate) mod rules;
+pub(crate) mod target;
 
 use std::path::{Component, Path};
 
 use unicode_normalization::UnicodeNormalization;
 
 use crate::config::{SourceConfig, TargetKind};
-pub use crate::mapping::file::MapTable;
 pub use crate::mapping::names::Skip;
 pub use crate::mapping::rules::Rules;
 pub use crate::mapping::target::{normalise_key, Lookup, MappingError, Target};
@@ -237,7 +236,7 @@ mod tests {
         let s = src(TargetKind::User, KeyKind::EmployeeId);
         let t = photo(&s, "004711.jpg");
         assert_eq!(t.key(), "user(employeeId):004711");
-        let (table, _) = MapTable::parse(
+        let (table, _) = crate::mapping::file::MapTable::parse(
             b"file,target\n12.jpg,004711\n",
             Path::new("hr.csv"),
             "file",
