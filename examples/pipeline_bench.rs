@@ -1,7 +1,7 @@
 //! Throughput of the image pipeline, single-threaded, for `benches/image.sh`.
 //!
 //! Usage: `pipeline_bench [--iterations N] [--mode normalize|passthrough] [--crop none|center|face]
-//! [--out DIR] PHOTO...`
+//! [--max-side N] [--out DIR] PHOTO...`
 //! Reads each photo from disk and runs `Pipeline::process` on it N times (the read is inside the
 //! loop, as in the daemon), then prints one line per photo and a total, in photos per second of
 //! wall-clock time and per second of this thread's CPU time (from /proc/thread-self/schedstat,
@@ -17,6 +17,7 @@ fn main() -> Result<(), Box<dyn Error>> {
     let mut iterations = 10u32;
     let mut mode = Mode::Normalize;
     let mut crop = CropMode::None;
+    let mut max_side = Settings::default().max_side;
     let mut out_dir: Option<PathBuf> = None;
     let mut photos = Vec::new();
     let mut args = std::env::args().skip(1);
@@ -40,6 +41,9 @@ fn main() -> Result<(), Box<dyn Error>> {
                     _ => return Err("--crop is none, center or face".into()),
                 }
             }
+            "--max-side" => {
+                max_side = args.next().ok_or("--max-side needs a value")?.parse()?;
+            }
             "--out" => out_dir = Some(args.next().ok_or("--out needs a directory")?.into()),
             _ => photos.push(PathBuf::from(arg)),
         }
@@ -53,6 +57,7 @@ fn main() -> Result<(), Box<dyn Error>> {
     let pipeline = Pipeline::new(Settings {
         mode,
         crop,
+        max_side,
         ..Settings::default()
     });
 
