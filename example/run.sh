@@ -4,6 +4,7 @@
 # then stops the emulator.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+scripts/deps.sh
 cargo build --release -p photosync -p graph-emulator --bins
 rm -rf example/state
 # The example config holds the emulator's secret inline, so it must be private like any secret.

@@ -1,6 +1,7 @@
 //! Throughput of the image pipeline, single-threaded, for `benches/image.sh`.
 //!
-//! Usage: `pipeline_bench [--iterations N] [--mode normalize|passthrough] [--out DIR] PHOTO...`
+//! Usage: `pipeline_bench [--iterations N] [--mode normalize|passthrough] [--crop none|center|face]
+//! [--max-side N] [--out DIR] PHOTO...`
 //! Reads each photo from disk and runs `Pipeline::process` on it N times (the read is inside the
 //! loop, as in the daemon), then prints one line per photo and a total, in photos per second of
 //! wall-clock time and per second of this thread's CPU time (from /proc/thread-self/schedstat,
@@ -10,11 +11,13 @@ use std::error::Error;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use photosync::image::{Mode, Pipeline, Settings};
+use photosync::image::{CropMode, Mode, Pipeline, Settings};
 
 fn main() -> Result<(), Box<dyn Error>> {
     let mut iterations = 10u32;
     let mut mode = Mode::Normalize;
+    let mut crop = CropMode::None;
+    let mut max_side = Settings::default().max_side;
     let mut out_dir: Option<PathBuf> = None;
     let mut photos = Vec::new();
     let mut args = std::env::args().skip(1);
@@ -30,17 +33,31 @@ fn main() -> Result<(), Box<dyn Error>> {
                     _ => return Err("--mode is normalize or passthrough".into()),
                 }
             }
+            "--crop" => {
+                crop = match args.next().as_deref() {
+                    Some("none") => CropMode::None,
+                    Some("center") => CropMode::Center,
+                    Some("face") => CropMode::Face,
+                    _ => return Err("--crop is none, center or face".into()),
+                }
+            }
+            "--max-side" => {
+                max_side = args.next().ok_or("--max-side needs a value")?.parse()?;
+            }
             "--out" => out_dir = Some(args.next().ok_or("--out needs a directory")?.into()),
             _ => photos.push(PathBuf::from(arg)),
         }
     }
     if photos.is_empty() {
         return Err(
-            "usage: pipeline_bench [--iterations N] [--mode M] [--out DIR] PHOTO...".into(),
+            "usage: pipeline_bench [--iterations N] [--mode M] [--crop C] [--out DIR] PHOTO..."
+                .into(),
         );
     }
     let pipeline = Pipeline::new(Settings {
         mode,
+        crop,
+        max_side,
         ..Settings::default()
     });
 
@@ -69,7 +86,7 @@ fn main() -> Result<(), Box<dyn Error>> {
         count += iterations;
         if let Some(p) = last {
             println!(
-                "{name}\t{:.2} photos/s\t{:.2} photos/cpu-s\t{:.1} ms/photo\t{}x{} -> {}x{}\t{} bytes",
+                "{name}\t{:.2} photos/s\t{:.2} photos/cpu-s\t{:.1} ms/photo\t{}x{} -> {}x{}\t{} bytes\t{}",
                 f64::from(iterations) / elapsed.as_secs_f64(),
                 f64::from(iterations) / cpu.as_secs_f64(),
                 elapsed.as_secs_f64() * 1000.0 / f64::from(iterations),
@@ -78,6 +95,8 @@ fn main() -> Result<(), Box<dyn Error>> {
                 p.output_size.0,
                 p.output_size.1,
                 p.bytes.len(),
+                p.crop
+                    .map_or_else(|| "crop none".to_owned(), |c| format!("crop {c}")),
             );
             if let Some(dir) = &out_dir {
                 std::fs::write(dir.join(format!("{name}.out.jpg")), &p.bytes)?;

@@ -13,7 +13,7 @@ use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 use secrecy::SecretString;
 use serde::Deserialize;
 
-use crate::image::{Mode as ImageMode, Settings as ImageSettings};
+use crate::image::{CropMode as ImageCrop, Mode as ImageMode, Settings as ImageSettings};
 
 /// Where the config file is looked for when `-c` is not given and `$PHOTOSYNC_CONFIG` is unset.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/photosync/config.toml";
@@ -247,7 +247,10 @@ pub enum ImageModeConfig {
 pub struct ImageConfig {
     pub mode: ImageModeConfig,
     pub max_side: u32,
+    /// Deprecated: `true` is `crop = "center"`.
     pub square: bool,
+    /// `none`, `center` or `face`; unset follows `square`.
+    pub crop: Option<crate::image::CropMode>,
     pub jpeg_quality: u8,
     /// Refuse images that declare more pixels than this, before decoding (decompression bombs).
     pub max_pixels: u64,
@@ -259,7 +262,8 @@ impl Default for ImageConfig {
         Self {
             mode: ImageModeConfig::Normalize,
             max_side: d.max_side,
-            square: d.square,
+            square: false,
+            crop: None,
             jpeg_quality: d.jpeg_quality,
             max_pixels: d.max_pixels,
         }
@@ -267,6 +271,11 @@ impl Default for ImageConfig {
 }
 
 impl ImageConfig {
+    /// Whether the deprecated `square` key is set (for `check`'s note).
+    pub fn uses_deprecated_square(&self) -> bool {
+        self.square
+    }
+
     pub fn settings(&self) -> ImageSettings {
         ImageSettings {
             mode: match self.mode {
@@ -274,7 +283,11 @@ impl ImageConfig {
                 ImageModeConfig::Passthrough => ImageMode::Passthrough,
             },
             max_side: self.max_side,
-            square: self.square,
+            crop: self.crop.unwrap_or(if self.square {
+                ImageCrop::Center
+            } else {
+                ImageCrop::None
+            }),
             jpeg_quality: self.jpeg_quality,
             max_pixels: self.max_pixels,
         }
@@ -703,6 +716,12 @@ impl ImageConfig {
         }
         if self.max_pixels < 1_000_000 {
             return invalid("image.max_pixels", "must be at least 1000000");
+        }
+        if self.square && self.crop.is_some() {
+            return invalid(
+                "image.square",
+                "is replaced by image.crop: remove image.square",
+            );
         }
         Ok(())
     }

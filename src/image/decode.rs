@@ -17,7 +17,8 @@ use zune_jpeg::errors::DecodeErrors;
 use zune_jpeg::JpegDecoder;
 
 use super::error::{ImageError, Malformed};
-use super::probe::{self, JpegHeader};
+use super::meta;
+use super::probe::JpegHeader;
 use super::Format;
 
 /// An 8-bit RGB image, rows top to bottom, no padding.
@@ -55,7 +56,10 @@ pub(crate) fn check_pixels(
 }
 
 /// Runs a third-party decoder so that a panic on hostile input fails this photo, not the worker.
-fn guarded<T>(format: Format, f: impl FnOnce() -> Result<T, ImageError>) -> Result<T, ImageError> {
+pub(crate) fn guarded<T>(
+    format: Format,
+    f: impl FnOnce() -> Result<T, ImageError>,
+) -> Result<T, ImageError> {
     panic::catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|_| {
         Err(ImageError::corrupt(
             format,
@@ -92,7 +96,10 @@ pub(crate) fn jpeg(bytes: &[u8], header: &JpegHeader<'_>) -> Result<Decoded, Ima
             height,
             pixels,
         },
-        orientation: header.exif.map_or(1, probe::exif_orientation),
+        orientation: meta::upright(
+            header.exif_orientation,
+            header.xmp.and_then(meta::xmp_orientation),
+        ),
         icc: icc.filter(|_| rgb_profile),
     })
 }
@@ -116,12 +123,15 @@ fn zune_error(error: DecodeErrors) -> ImageError {
 
 fn image_format(format: Format) -> image::ImageFormat {
     match format {
-        Format::Jpeg => image::ImageFormat::Jpeg,
+        // MPO is decoded by zune-jpeg and never reaches the `image` crate.
+        Format::Jpeg | Format::Mpo => image::ImageFormat::Jpeg,
         Format::Png => image::ImageFormat::Png,
         Format::Gif => image::ImageFormat::Gif,
         Format::Webp => image::ImageFormat::WebP,
         Format::Tiff => image::ImageFormat::Tiff,
         Format::Bmp => image::ImageFormat::Bmp,
+        // Decoded by libheif; never reaches the `image` crate.
+        Format::Heic | Format::Heif | Format::Avif => image::ImageFormat::Avif,
     }
 }
 
@@ -143,13 +153,15 @@ pub(crate) fn other(bytes: &[u8], format: Format, max_pixels: u64) -> Result<Dec
         if width == 0 || height == 0 {
             return Err(ImageError::corrupt(format, "zero width or height"));
         }
-        let orientation = decoder.orientation().map_or(1, |o| u16::from(o.to_exif()));
+        // Read by us, not the decoder: it accepts only a SHORT and only some containers.
+        let orientation = meta::orientation(bytes, format);
         let icc = decoder.icc_profile().ok().flatten();
         let image =
             image::DynamicImage::from_decoder(decoder).map_err(|e| image_error(format, e))?;
         let has_color = image.color().has_color();
         let rgb = if image.color().has_alpha() {
-            flatten_on_white(&image.into_rgba8())
+            let rgba = image.into_rgba8();
+            flatten_rgba(rgba.width(), rgba.height(), rgba.as_raw())
         } else {
             let rgb = image.into_rgb8();
             Rgb {
@@ -167,12 +179,10 @@ pub(crate) fn other(bytes: &[u8], format: Format, max_pixels: u64) -> Result<Dec
     })
 }
 
-fn flatten_on_white(rgba: &image::RgbaImage) -> Rgb {
-    let mut pixels = vec![0u8; rgba.width() as usize * rgba.height() as usize * 3];
-    for (out, px) in pixels
-        .chunks_exact_mut(3)
-        .zip(rgba.as_raw().chunks_exact(4))
-    {
+/// Flattens interleaved RGBA onto white.
+pub(crate) fn flatten_rgba(width: u32, height: u32, rgba: &[u8]) -> Rgb {
+    let mut pixels = vec![0u8; width as usize * height as usize * 3];
+    for (out, px) in pixels.chunks_exact_mut(3).zip(rgba.chunks_exact(4)) {
         let alpha = u32::from(px[3]);
         let white = 255 * (255 - alpha);
         for (o, &channel) in out.iter_mut().zip(&px[..3]) {
@@ -182,8 +192,8 @@ fn flatten_on_white(rgba: &image::RgbaImage) -> Rgb {
         }
     }
     Rgb {
-        width: rgba.width(),
-        height: rgba.height(),
+        width,
+        height,
         pixels,
     }
 }

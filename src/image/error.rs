@@ -29,6 +29,13 @@ pub enum ImageError {
     )]
     Unsupported { format: Format },
 
+    /// A HEIC, HEIF or AVIF file reached a binary built without the `heif` feature.
+    #[error(
+        "{format}: this photosync was built without HEIF support \
+         (build it with the `heif` feature, which needs libheif)"
+    )]
+    NoHeifSupport { format: Format },
+
     /// The decoder does not implement a feature this file uses (e.g. a lossless or 12-bit JPEG).
     #[error("unsupported {format} variant: {source}")]
     UnsupportedFeature {
@@ -84,6 +91,7 @@ impl ImageError {
             ImageError::Unsupported { .. } | ImageError::UnsupportedFeature { .. } => {
                 "unsupported_format"
             }
+            ImageError::NoHeifSupport { .. } => "no_heif_support",
             ImageError::TooManyPixels { .. } => "too_many_pixels",
             ImageError::Truncated { .. } => "truncated",
             ImageError::Corrupt { .. } => "corrupt",

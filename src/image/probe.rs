@@ -5,11 +5,15 @@
 //! allocates in proportion to the declared image size, and never trusts a file name.
 
 use super::error::ImageError;
-use super::Format;
+use super::{meta, Format};
 
 /// What the magic bytes say. `None` means "not one of the formats we know", not "not an image".
-pub fn detect_format(bytes: &[u8]) -> Option<Format> {
+///
+/// JPEG files carrying a Multi-Picture (MPF) index are reported as [`Format::Mpo`]; ISO base
+/// media files are told apart by their `ftyp` brands (HEIC, other HEIF, AVIF).
+pub fn sniff(bytes: &[u8]) -> Option<Format> {
     match bytes {
+        [0xFF, 0xD8, 0xFF, ..] if has_mpf_index(bytes) => Some(Format::Mpo),
         [0xFF, 0xD8, 0xFF, ..] => Some(Format::Jpeg),
         [0x89, b'P', b'N', b'G', 0x0D, 0x0A, 0x1A, 0x0A, ..] => Some(Format::Png),
         [b'G', b'I', b'F', b'8', b'7' | b'9', b'a', ..] => Some(Format::Gif),
@@ -25,8 +29,57 @@ pub fn detect_format(bytes: &[u8]) -> Option<Format> {
         {
             Some(Format::Bmp)
         }
+        [_, _, _, _, b'f', b't', b'y', b'p', ..] => heif_brand(bytes),
         _ => None,
     }
+}
+
+/// The same as [`sniff`] (its older name).
+pub fn detect_format(bytes: &[u8]) -> Option<Format> {
+    sniff(bytes)
+}
+
+/// Classifies an ISO base media file by its major brand, then its compatible brands.
+fn heif_brand(bytes: &[u8]) -> Option<Format> {
+    let size = usize::try_from(be32(bytes, 0)?).ok()?;
+    let ftyp = bytes.get(8..size.min(bytes.len()).min(1024))?;
+    let major = ftyp.get(..4)?;
+    let compatible = ftyp.get(8..).unwrap_or_default().chunks_exact(4);
+    let classify = |brand: &[u8]| match brand {
+        b"heic" | b"heix" | b"heim" | b"heis" | b"hevc" | b"hevx" => Some(Format::Heic),
+        b"avif" | b"avis" => Some(Format::Avif),
+        _ => None,
+    };
+    if let Some(format) = classify(major) {
+        return Some(format);
+    }
+    let mut general = matches!(major, b"mif1" | b"msf1" | b"heif" | b"miaf");
+    let mut found = None;
+    for brand in compatible {
+        match classify(brand) {
+            Some(format) if found.is_none() => found = Some(format),
+            _ => general |= matches!(brand, b"mif1" | b"msf1"),
+        }
+    }
+    found.or(general.then_some(Format::Heif))
+}
+
+/// Whether a JPEG's header segments hold an `MPF` APP2 segment (CIPA DC-007 Multi-Picture).
+fn has_mpf_index(bytes: &[u8]) -> bool {
+    let mut pos = 2;
+    while let (Some(0xFF), Some(&marker)) = (bytes.get(pos), bytes.get(pos + 1)) {
+        if marker == 0xDA || marker == 0xD9 {
+            return false;
+        }
+        let Some(len) = be16(bytes, pos + 2) else {
+            return false;
+        };
+        if marker == 0xE2 && bytes.get(pos + 4..pos + 8) == Some(b"MPF\0") {
+            return true;
+        }
+        pos += 2 + usize::from(len);
+    }
+    false
 }
 
 /// How much of a JPEG to walk.
@@ -44,8 +97,13 @@ pub(crate) struct JpegHeader<'a> {
     pub width: u32,
     pub height: u32,
     pub components: u8,
-    /// Payload of the first `Exif\0\0` APP1 segment, after that 6-byte prefix (a TIFF structure).
-    pub exif: Option<&'a [u8]>,
+    /// The Orientation of the first `Exif\0\0` APP1 segment that has one, as stored.
+    pub exif_orientation: Option<i64>,
+    /// The first XMP APP1 packet.
+    pub xmp: Option<&'a [u8]>,
+    /// Offset just past the EOI marker (only with [`Walk::ToEnd`]): the end of the first frame
+    /// of an MPO.
+    pub end: usize,
     /// `true` once EOI was seen after at least one scan (only looked for with [`Walk::ToEnd`]).
     pub complete: bool,
 }
@@ -53,12 +111,12 @@ pub(crate) struct JpegHeader<'a> {
 const TRUNCATED_HEADERS: &str = "data ends inside the headers";
 const TRUNCATED_SCAN: &str = "data ends before the last scan (no end-of-image marker)";
 
-fn be16(bytes: &[u8], at: usize) -> Option<u16> {
+pub(crate) fn be16(bytes: &[u8], at: usize) -> Option<u16> {
     let b = bytes.get(at..at.checked_add(2)?)?;
     Some(u16::from_be_bytes([b[0], b[1]]))
 }
 
-fn be32(bytes: &[u8], at: usize) -> Option<u32> {
+pub(crate) fn be32(bytes: &[u8], at: usize) -> Option<u32> {
     let b = bytes.get(at..at.checked_add(4)?)?;
     Some(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
 }
@@ -108,6 +166,7 @@ pub(crate) fn jpeg(bytes: &[u8], walk: Walk) -> Result<JpegHeader<'_>, ImageErro
                     return Err(corrupt("no scan (SOS) before the end of the image"));
                 }
                 header.complete = true;
+                header.end = pos;
                 return Ok(header);
             }
             0xD8 => return Err(corrupt("second start-of-image marker")),
@@ -139,9 +198,13 @@ pub(crate) fn jpeg(bytes: &[u8], walk: Walk) -> Result<JpegHeader<'_>, ImageErro
                     return Ok(header);
                 }
             }
-            0xE1 if header.exif.is_none() => {
+            0xE1 => {
                 if let Some(tiff) = payload.strip_prefix(b"Exif\0\0") {
-                    header.exif = Some(tiff);
+                    if header.exif_orientation.is_none() {
+                        header.exif_orientation = meta::exif_orientation(tiff);
+                    }
+                } else if let Some(xmp) = payload.strip_prefix(meta::XMP_APP1_PREFIX) {
+                    header.xmp = header.xmp.or(Some(xmp));
                 }
             }
             0xDA => {
@@ -226,19 +289,6 @@ fn crc32(data: &[u8]) -> u32 {
         }
     }
     !crc
-}
-
-/// Reads the EXIF Orientation (1-8) from a TIFF-structured EXIF block. Anything unreadable or out
-/// of range counts as 1: a broken tag must not stop an otherwise good photo.
-pub(crate) fn exif_orientation(tiff: &[u8]) -> u16 {
-    let Ok(exif) = exif::Reader::new().read_raw(tiff.to_vec()) else {
-        return 1;
-    };
-    exif.get_field(exif::Tag::Orientation, exif::In::PRIMARY)
-        .and_then(|field| field.value.get_uint(0))
-        .and_then(|value| u16::try_from(value).ok())
-        .filter(|value| (1..=8).contains(value))
-        .unwrap_or(1)
 }
 
 #[cfg(test)]

@@ -1,8 +1,9 @@
 //! Pixel work between decode and encode: centre-crop, resize, EXIF orientation, ICC to sRGB.
 //!
 //! Order matters for speed: crop and resize run on the stored (unrotated) pixels, so rotation,
-//! flips and colour conversion touch only the small output. That is exact: a centred square crop
-//! and a fit-inside resize are symmetric under the eight orientations.
+//! flips and colour conversion touch only the small output. That is exact: a crop chosen in the
+//! upright photo is mapped back to the stored pixels ([`stored_crop`]), and a fit-inside resize
+//! is symmetric under the eight orientations.
 //! Invariants: never upscales; output sides are at least 1 px.
 
 use fast_image_resize::images::Image;
@@ -14,31 +15,58 @@ use super::error::ImageError;
 /// Where to crop (if at all) and the size to resize to, in stored (unrotated) orientation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Plan {
-    pub crop: Option<Crop>,
+    pub crop: Option<Square>,
     pub width: u32,
     pub height: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Crop {
+/// A square in pixels: its top-left corner and side.
+pub(crate) struct Square {
     pub left: u32,
     pub top: u32,
     pub side: u32,
 }
 
-pub(crate) fn plan(width: u32, height: u32, max_side: u32, square: bool) -> Plan {
-    let max_side = max_side.max(1);
-    let (crop, w, h) = if square && width != height {
+/// The centred square of a `width` x `height` image (`None` when it is square already).
+pub(crate) fn centre_square(width: u32, height: u32) -> Option<Square> {
+    (width != height).then(|| {
         let side = width.min(height);
-        let crop = Crop {
+        Square {
             left: (width - side) / 2,
             top: (height - side) / 2,
             side,
-        };
-        (Some(crop), side, side)
-    } else {
-        (None, width, height)
+        }
+    })
+}
+
+/// A square given in the upright photo (`x`, `y`, `side`), in the stored pixels of an image
+/// `width` x `height` as stored and turned upright by `orientation`.
+pub(crate) fn stored_crop(upright: Square, orientation: u16, width: u32, height: u32) -> Square {
+    let Square {
+        left: x,
+        top: y,
+        side: s,
+    } = upright;
+    // Where the upright square's far corner and near corner come from; see `orient`.
+    let far = |a: u32, len: u32| len - a - s;
+    let (left, top) = match orientation {
+        2 => (far(x, width), y),
+        3 => (far(x, width), far(y, height)),
+        4 => (x, far(y, height)),
+        5 => (y, x),
+        6 => (y, far(x, height)),
+        7 => (far(y, width), far(x, height)),
+        8 => (far(y, width), x),
+        _ => (x, y),
     };
+    Square { left, top, side: s }
+}
+
+pub(crate) fn plan(width: u32, height: u32, max_side: u32, crop: Option<Square>) -> Plan {
+    let max_side = max_side.max(1);
+    let crop = crop.filter(|c| !(c.side == width && c.side == height));
+    let (w, h) = crop.map_or((width, height), |c| (c.side, c.side));
     let longest = w.max(h);
     if longest <= max_side {
         return Plan {
@@ -124,7 +152,7 @@ pub(crate) fn resize(image: Rgb, plan: Plan) -> Result<Rgb, ImageError> {
     })
 }
 
-fn copy_crop(image: &Rgb, crop: Crop) -> Rgb {
+fn copy_crop(image: &Rgb, crop: Square) -> Rgb {
     let stride = image.width as usize * 3;
     let side = crop.side as usize;
     let mut pixels = Vec::with_capacity(side * side * 3);
@@ -146,13 +174,30 @@ fn copy_crop(image: &Rgb, crop: Crop) -> Rgb {
 
 /// Turns stored pixels upright according to an EXIF orientation (1-8; anything else is 1).
 pub(crate) fn orient(image: Rgb, orientation: u16) -> Rgb {
-    if !(2..=8).contains(&orientation) {
-        return image;
+    let (width, height, pixels) =
+        orient_pixels(image.width, image.height, image.pixels, 3, orientation);
+    Rgb {
+        width,
+        height,
+        pixels,
     }
-    let (w, h) = (image.width as usize, image.height as usize);
+}
+
+/// [`orient`] for any number of interleaved channels.
+pub(crate) fn orient_pixels(
+    width: u32,
+    height: u32,
+    pixels: Vec<u8>,
+    channels: usize,
+    orientation: u16,
+) -> (u32, u32, Vec<u8>) {
+    if !(2..=8).contains(&orientation) {
+        return (width, height, pixels);
+    }
+    let (w, h) = (width as usize, height as usize);
     let swaps = orientation >= 5;
     let (ow, oh) = if swaps { (h, w) } else { (w, h) };
-    let mut pixels = vec![0u8; image.pixels.len()];
+    let mut out = vec![0u8; pixels.len()];
     for y in 0..oh {
         for x in 0..ow {
             // Source pixel for output (x, y); see the EXIF 2.3 Orientation tag.
@@ -165,16 +210,12 @@ pub(crate) fn orient(image: Rgb, orientation: u16) -> Rgb {
                 7 => (w - 1 - y, h - 1 - x),
                 _ => (w - 1 - y, x), // 8
             };
-            let s = (sy * w + sx) * 3;
-            let d = (y * ow + x) * 3;
-            pixels[d..d + 3].copy_from_slice(&image.pixels[s..s + 3]);
+            let s = (sy * w + sx) * channels;
+            let d = (y * ow + x) * channels;
+            out[d..d + channels].copy_from_slice(&pixels[s..s + channels]);
         }
     }
-    Rgb {
-        width: ow as u32,
-        height: oh as u32,
-        pixels,
-    }
+    (ow as u32, oh as u32, out)
 }
 
 /// Converts RGB pixels described by an embedded ICC profile to sRGB, since the output carries
@@ -217,7 +258,7 @@ mod tests {
     #[test]
     fn plan_fits_longest_side_and_never_upscales() {
         assert_eq!(
-            plan(6028, 3391, 648, false),
+            plan(6028, 3391, 648, None),
             Plan {
                 crop: None,
                 width: 648,
@@ -225,7 +266,7 @@ mod tests {
             }
         );
         assert_eq!(
-            plan(2560, 3837, 648, false),
+            plan(2560, 3837, 648, None),
             Plan {
                 crop: None,
                 width: 432,
@@ -233,28 +274,65 @@ mod tests {
             }
         );
         assert_eq!(
-            plan(16, 16, 648, false),
+            plan(16, 16, 648, None),
             Plan {
                 crop: None,
                 width: 16,
                 height: 16
             }
         );
-        assert_eq!(plan(10_000, 1, 648, false).height, 1);
+        assert_eq!(plan(10_000, 1, 648, None).height, 1);
     }
 
     #[test]
     fn plan_square_crops_the_centre() {
-        let p = plan(300, 200, 648, true);
+        let p = plan(300, 200, 648, centre_square(300, 200));
         assert_eq!(
             p.crop,
-            Some(Crop {
+            Some(Square {
                 left: 50,
                 top: 0,
                 side: 200
             })
         );
         assert_eq!((p.width, p.height), (200, 200));
+    }
+
+    #[test]
+    fn stored_crop_maps_an_upright_square_back() {
+        // A 5x3 stored image; mark each pixel with its index and check that cropping the stored
+        // pixels, then orienting, equals orienting, then cropping the upright square.
+        let (w, h) = (5u32, 3u32);
+        let stored: Vec<u8> = (0..w * h).map(|i| i as u8).collect();
+        for o in 1..=8u16 {
+            let (uw, uh, upright) = orient_pixels(w, h, stored.clone(), 1, o);
+            for side in 1..=uw.min(uh) {
+                for y in 0..=uh - side {
+                    for x in 0..=uw - side {
+                        let want: Vec<u8> = (y..y + side)
+                            .flat_map(|r| (x..x + side).map(move |c| (r, c)))
+                            .map(|(r, c)| upright[(r * uw + c) as usize])
+                            .collect();
+                        let c = stored_crop(
+                            Square {
+                                left: x,
+                                top: y,
+                                side,
+                            },
+                            o,
+                            w,
+                            h,
+                        );
+                        let cut: Vec<u8> = (c.top..c.top + side)
+                            .flat_map(|r| (c.left..c.left + side).map(move |k| (r, k)))
+                            .map(|(r, k)| stored[(r * w + k) as usize])
+                            .collect();
+                        let (_, _, got) = orient_pixels(side, side, cut, 1, o);
+                        assert_eq!(got, want, "orientation {o}, square {side}+{x}+{y}");
+                    }
+                }
+            }
+        }
     }
 
     #[test]

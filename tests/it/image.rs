@@ -4,7 +4,10 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use photosync::image::{detect_format, Format, ImageError, Mode, Pipeline, Processed, Settings};
+use photosync::image::{
+    detect_format, sniff, CropMode, CropNote, Format, ImageError, Mode, Pipeline, Processed,
+    Settings,
+};
 
 /// What SOURCES.md says each photo must do under the default (normalize) settings.
 #[derive(Debug, Clone, Copy)]
@@ -454,7 +457,7 @@ fn passthrough_rejects_a_jpeg_without_a_frame_header() {
 fn square_crops_the_centre() {
     let Some(dir) = photos_dir() else { return };
     let square = Pipeline::new(Settings {
-        square: true,
+        crop: CropMode::Center,
         ..Settings::default()
     });
     let p = process_ok(&square, &dir, "progressive-portrait_wine_2560x3837.jpg");
@@ -502,7 +505,17 @@ fn fingerprint_tracks_output_settings_only() {
     assert_ne!(
         a,
         fp(Settings {
-            square: true,
+            crop: CropMode::Center,
+            ..base.clone()
+        })
+    );
+    assert_ne!(
+        fp(Settings {
+            crop: CropMode::Center,
+            ..base.clone()
+        }),
+        fp(Settings {
+            crop: CropMode::Face,
             ..base.clone()
         })
     );
@@ -538,7 +551,7 @@ fn fingerprint_tracks_output_settings_only() {
         fp(Settings {
             max_side: 100,
             jpeg_quality: 50,
-            square: true,
+            crop: CropMode::Face,
             ..pass
         })
     );
@@ -576,4 +589,661 @@ fn tiny_limits_and_odd_inputs_never_panic() {
     });
     let p = process_ok(&odd, &dir, "tiny_16x16_rgba.png");
     assert_eq!(p.output_size, (1, 1));
+}
+
+// ---- Orientation in every container, built from the shared photos by rewriting the tag ----
+
+/// The fixtures shipped in this repository (see their SOURCES.md).
+fn fixtures_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/photos")
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Rewrites IFD0's Orientation entry of the TIFF block at `tiff` in `bytes`: its type, count 1
+/// and value, stored in the block's byte order. The tag must exist.
+fn rewrite_orientation(bytes: &mut [u8], tiff: usize, field_type: u16, value: i64) {
+    let little = &bytes[tiff..tiff + 2] == b"II";
+    let rd16 = |b: &[u8], at: usize| {
+        let v = [b[at], b[at + 1]];
+        if little {
+            u16::from_le_bytes(v)
+        } else {
+            u16::from_be_bytes(v)
+        }
+    };
+    let rd32 = |b: &[u8], at: usize| {
+        let v = [b[at], b[at + 1], b[at + 2], b[at + 3]];
+        if little {
+            u32::from_le_bytes(v)
+        } else {
+            u32::from_be_bytes(v)
+        }
+    };
+    let ifd = tiff + rd32(bytes, tiff + 4) as usize;
+    let count = usize::from(rd16(bytes, ifd));
+    let entry = (0..count)
+        .map(|i| ifd + 2 + 12 * i)
+        .find(|&e| rd16(bytes, e) == 0x0112)
+        .expect("IFD0 has an Orientation tag");
+    let mut field = Vec::new();
+    let w16 = |v: u16| {
+        if little {
+            v.to_le_bytes()
+        } else {
+            v.to_be_bytes()
+        }
+    };
+    let w32 = |v: u32| {
+        if little {
+            v.to_le_bytes()
+        } else {
+            v.to_be_bytes()
+        }
+    };
+    field.extend_from_slice(&w16(0x0112));
+    field.extend_from_slice(&w16(field_type));
+    field.extend_from_slice(&w32(1));
+    let mut value_bytes = match field_type {
+        1 | 6 => vec![value as u8],
+        3 | 8 => w16(value as u16).to_vec(),
+        _ => w32(value as u32).to_vec(),
+    };
+    value_bytes.resize(4, 0);
+    field.extend_from_slice(&value_bytes);
+    bytes[entry..entry + 12].copy_from_slice(&field);
+}
+
+/// A minimal big-endian TIFF block whose IFD0 holds only Orientation (SHORT).
+fn tiff_with_orientation(value: u16) -> Vec<u8> {
+    let mut t = b"MM\0\x2a\0\0\0\x08\0\x01\x01\x12\0\x03\0\0\0\x01".to_vec();
+    t.extend_from_slice(&value.to_be_bytes());
+    t.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
+    t
+}
+
+fn png_crc(data: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &byte in data {
+        crc ^= u32::from(byte);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+/// `png` with an extra chunk right after IHDR.
+fn png_with_chunk(png: &[u8], kind: [u8; 4], data: &[u8]) -> Vec<u8> {
+    let mut chunk = Vec::new();
+    chunk.extend_from_slice(&(data.len() as u32).to_be_bytes());
+    chunk.extend_from_slice(&kind);
+    chunk.extend_from_slice(data);
+    chunk.extend_from_slice(&png_crc(&chunk[4..]).to_be_bytes());
+    let after_ihdr = 8 + 8 + 13 + 4;
+    [&png[..after_ihdr], &chunk, &png[after_ihdr..]].concat()
+}
+
+/// `jpeg` with an extra segment right after SOI.
+fn jpeg_with_segment(jpeg: &[u8], marker: u8, payload: &[u8]) -> Vec<u8> {
+    let len = u16::try_from(payload.len() + 2).expect("segment fits");
+    let mut seg = vec![0xFF, marker];
+    seg.extend_from_slice(&len.to_be_bytes());
+    seg.extend_from_slice(payload);
+    [&jpeg[..2], &seg, &jpeg[2..]].concat()
+}
+
+/// The upright reference, computed with the `image` crate from the orientation-1 original.
+fn reference(original: &[u8], orientation: u8) -> image::RgbImage {
+    let mut img = image::load_from_memory(original).expect("decoding the original");
+    img.apply_orientation(
+        image::metadata::Orientation::from_exif(orientation).expect("orientation 1-8"),
+    );
+    img.to_rgb8()
+}
+
+fn assert_upright(what: &str, p: &Processed, want: &image::RgbImage) {
+    let got = decode_rgb(&p.bytes);
+    assert_eq!(got.dimensions(), want.dimensions(), "{what}: size");
+    let diff = mean_abs_diff(&got, want);
+    assert!(
+        diff < 12.0,
+        "{what}: mean |dRGB| {diff:.1} to the reference"
+    );
+}
+
+#[test]
+fn every_orientation_in_every_container() {
+    let Some(dir) = photos_dir() else { return };
+    let pipeline = normalize();
+
+    // JPEG (JFIF APP0 before the EXIF APP1), the tag as SHORT, LONG, SLONG, SSHORT and BYTE.
+    let jpeg = read(&dir, "orient-1-explicit_canon-powershot-s40_480x360.jpg");
+    let exif = find(&jpeg, b"Exif\0\0").expect("EXIF in the Canon JPEG") + 6;
+    assert!(find(&jpeg[..exif], b"JFIF").is_some(), "JFIF comes first");
+    // PNG: the original carries no EXIF; an eXIf chunk is added.
+    let png = read(&dir, "misnamed_png-content_coffee_600x400.jpg");
+    // WebP: its EXIF chunk (with the JPEG prefix, as Pillow writes it) gets the new value.
+    let webp = read(&dir, "webp-lossy-exif_canon_480x360.webp");
+    let webp_exif = find(&webp, b"EXIF").expect("EXIF chunk") + 8;
+    let webp_exif = webp_exif
+        + if &webp[webp_exif..webp_exif + 6] == b"Exif\0\0" {
+            6
+        } else {
+            0
+        };
+    // TIFF: the file's own IFD0.
+    let tiff = read(&dir, "tiff_hopper_128x128.tif");
+
+    for n in 1..=8u8 {
+        let value = i64::from(n);
+        for (field_type, type_name) in [
+            (3, "SHORT"),
+            (4, "LONG"),
+            (9, "SLONG"),
+            (8, "SSHORT"),
+            (1, "BYTE"),
+        ] {
+            let mut file = jpeg.clone();
+            rewrite_orientation(&mut file, exif, field_type, value);
+            let p = pipeline.process(&file).expect("JPEG");
+            assert_eq!(p.orientation, u16::from(n), "JPEG {type_name} {n}");
+            assert_upright(&format!("JPEG {type_name} {n}"), &p, &reference(&jpeg, n));
+        }
+
+        let file = png_with_chunk(&png, *b"eXIf", &tiff_with_orientation(u16::from(n)));
+        let p = pipeline.process(&file).expect("PNG");
+        assert_eq!(p.orientation, u16::from(n), "PNG eXIf {n}");
+        assert_upright(&format!("PNG eXIf {n}"), &p, &reference(&png, n));
+
+        let mut file = webp.clone();
+        rewrite_orientation(&mut file, webp_exif, 3, value);
+        let p = pipeline.process(&file).expect("WebP");
+        assert_eq!(p.orientation, u16::from(n), "WebP EXIF {n}");
+        assert_upright(&format!("WebP EXIF {n}"), &p, &reference(&webp, n));
+
+        let mut file = tiff.clone();
+        rewrite_orientation(&mut file, 0, 3, value);
+        let p = pipeline.process(&file).expect("TIFF");
+        assert_eq!(p.orientation, u16::from(n), "TIFF {n}");
+        assert_upright(&format!("TIFF {n}"), &p, &reference(&tiff, n));
+    }
+}
+
+#[test]
+fn orientation_edge_cases() {
+    let Some(dir) = photos_dir() else { return };
+    let pipeline = normalize();
+    let jpeg = read(&dir, "orient-1-explicit_canon-powershot-s40_480x360.jpg");
+    let exif = find(&jpeg, b"Exif\0\0").expect("EXIF") + 6;
+
+    // Out of range, in either direction: upright (what Pillow and ImageMagick do).
+    for (field_type, value) in [(3, 0), (3, 9), (3, 65535), (9, -6), (8, -1)] {
+        let mut file = jpeg.clone();
+        rewrite_orientation(&mut file, exif, field_type, value);
+        let p = pipeline.process(&file).expect("JPEG");
+        assert_eq!(p.orientation, 1, "type {field_type} value {value}");
+        assert_eq!(p.output_size, (480, 360));
+    }
+
+    // A first EXIF APP1 without the tag (e.g. written by an editor) does not hide the second.
+    let mut file = jpeg.clone();
+    rewrite_orientation(&mut file, exif, 3, 6);
+    let empty_exif = [b"Exif\0\0".as_slice(), b"II\x2a\0\x08\0\0\0\0\0\0\0\0\0"].concat();
+    let file = jpeg_with_segment(&file, 0xE1, &empty_exif);
+    let p = pipeline.process(&file).expect("two EXIF segments");
+    assert_eq!((p.orientation, p.output_size), (6, (360, 480)));
+
+    // No EXIF tag at all: XMP's tiff:Orientation decides (JPEG APP1, PNG iTXt, WebP XMP).
+    let hopper = read(&dir, "orient-0-none_hopper_128x128.jpg");
+    let xmp = br#"<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF><rdf:Description tiff:Orientation="8"/></rdf:RDF></x:xmpmeta>"#;
+    let file = jpeg_with_segment(
+        &hopper,
+        0xE1,
+        &[b"http://ns.adobe.com/xap/1.0/\0".as_slice(), xmp].concat(),
+    );
+    let p = pipeline.process(&file).expect("JPEG with XMP");
+    assert_eq!(p.orientation, 8);
+    assert_upright("JPEG XMP 8", &p, &reference(&hopper, 8));
+    let png = read(&dir, "misnamed_png-content_coffee_600x400.jpg");
+    let file = png_with_chunk(
+        &png,
+        *b"iTXt",
+        &[b"XML:com.adobe.xmp\0\0\0\0\0".as_slice(), xmp].concat(),
+    );
+    let p = pipeline.process(&file).expect("PNG with XMP");
+    assert_eq!((p.orientation, p.output_size), (8, (400, 600)));
+    // Where an EXIF tag exists, XMP does not override it.
+    let file = jpeg_with_segment(
+        &jpeg,
+        0xE1,
+        &[b"http://ns.adobe.com/xap/1.0/\0".as_slice(), xmp].concat(),
+    );
+    assert_eq!(pipeline.process(&file).expect("JPEG").orientation, 1);
+}
+
+// ---- HEIC, HEIF, AVIF and MPO ----
+
+#[test]
+fn formats_are_sniffed_from_content() {
+    let dir = fixtures_dir();
+    let heic = std::fs::read(dir.join("iphone-arrow_irot270_3024x4032.heic")).expect("HEIC");
+    assert_eq!(sniff(&heic), Some(Format::Heic));
+    let avif = std::fs::read(dir.join("avif_hopper_128x128.avif")).expect("AVIF");
+    assert_eq!(sniff(&avif), Some(Format::Avif));
+    let mpo = std::fs::read(dir.join("mpo-stereo_sugarshack.mpo")).expect("MPO");
+    assert_eq!(sniff(&mpo), Some(Format::Mpo));
+    let mut mif1 = b"\0\0\0\x14ftypmif1\0\0\0\0mif1".to_vec();
+    assert_eq!(sniff(&mif1), Some(Format::Heif));
+    mif1.truncate(6);
+    assert_eq!(sniff(&mif1), None);
+    assert_eq!(
+        sniff(b"\0\0\0\x14ftypisom\0\0\0\0mp41"),
+        None,
+        "an MP4 video"
+    );
+}
+
+#[cfg(feature = "heif")]
+#[test]
+fn iphone_heic_uploads_upright_as_a_small_clean_jpeg() {
+    let heic = std::fs::read(fixtures_dir().join("iphone-arrow_irot270_3024x4032.heic"))
+        .expect("reading the HEIC fixture");
+    // The content decides, not the name: the same bytes behind a .jpg name.
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let renamed = tmp.path().join("arrow.jpg");
+    std::fs::write(&renamed, &heic).expect("writing the renamed copy");
+    for bytes in [
+        heic.clone(),
+        std::fs::read(&renamed).expect("reading it back"),
+    ] {
+        let p = normalize()
+            .process(&bytes)
+            .expect("the iPhone HEIC converts");
+        assert_eq!(p.input_format, Format::Heic);
+        // Stored 4032x3024 with irot 270: upright it is a portrait.
+        assert_eq!(p.input_size, (3024, 4032));
+        assert_eq!(p.orientation, 1, "libheif applied irot; nothing more to do");
+        assert_clean_output("iphone HEIC", &p, (486, 648));
+    }
+    assert_heic_upright(&heic);
+    // Passthrough sends only JPEG and PNG.
+    let e = passthrough()
+        .process(&heic)
+        .expect_err("HEIC in passthrough");
+    assert_eq!(e.reason(), "unsupported_format", "{e}");
+    assert!(e.to_string().starts_with("HEIC"), "{e}");
+}
+
+/// The upload against libheif's own upright decode (this binding cannot switch libheif's
+/// transforms off, so the stored pixels are out of reach), plus a check that this really is
+/// upright: the arrow's widest row (the base of its head) lies in the upper half.
+#[cfg(feature = "heif")]
+fn assert_heic_upright(heic: &[u8]) {
+    let p = normalize().process(heic).expect("converts");
+    let ctx = libheif_rs::HeifContext::read_from_bytes(heic).expect("libheif reads it");
+    let handle = ctx.primary_image_handle().expect("a primary image");
+    let raw = handle
+        .decode(
+            libheif_rs::ColorSpace::Rgb(libheif_rs::RgbChroma::Rgb),
+            None,
+        )
+        .expect("decodes");
+    let plane = raw.planes().interleaved.expect("interleaved RGB");
+    let upright = image::RgbImage::from_fn(plane.width, plane.height, |x, y| {
+        let at = y as usize * plane.stride + x as usize * 3;
+        image::Rgb([plane.data[at], plane.data[at + 1], plane.data[at + 2]])
+    });
+    let (w, h) = p.output_size;
+    let want = image::imageops::resize(&upright, w, h, image::imageops::FilterType::Triangle);
+    let got = decode_rgb(&p.bytes);
+    let diff = mean_abs_diff(&got, &want);
+    // Colour management (Display P3 to sRGB) moves the pixels a little; a wrong turn, a lot.
+    let turned = mean_abs_diff(&image::imageops::rotate180(&got), &want);
+    assert!(
+        diff < 20.0 && diff * 2.0 < turned,
+        "mean |dRGB| {diff:.1} (turned: {turned:.1})"
+    );
+
+    let dark = |x: u32, y: u32| {
+        got.get_pixel(x, y)
+            .0
+            .iter()
+            .map(|&c| u32::from(c))
+            .sum::<u32>()
+            < 250
+    };
+    let span = |y: u32| {
+        let xs: Vec<u32> = (0..w).filter(|&x| dark(x, y)).collect();
+        xs.last().map_or(0, |&last| last - xs[0])
+    };
+    let widest = (0..h).max_by_key(|&y| span(y)).expect("rows");
+    assert!(
+        widest < h / 2,
+        "the arrow's widest row is at {widest} of {h}: upside down"
+    );
+}
+
+#[cfg(feature = "heif")]
+#[test]
+fn heif_rotations_and_mirrors_are_applied_once() {
+    let dir = fixtures_dir();
+    let want = decode_rgb(
+        &normalize()
+            .process(&std::fs::read(dir.join("avif-rot0mir0_640x427.avif")).expect("AVIF"))
+            .expect("the upright AVIF converts")
+            .bytes,
+    );
+    // The eight files differ in their printed labels ("irot: 1"...), so compare thumbnails: a
+    // rotated or mirrored field differs from the upright one by far more than the labels do.
+    let thumb = |img: &image::RgbImage| {
+        image::imageops::resize(img, 32, 21, image::imageops::FilterType::Triangle)
+    };
+    let want = thumb(&want);
+    let mirrored = image::imageops::flip_horizontal(&want);
+    let ignored = mean_abs_diff(&want, &mirrored);
+    for rot in 0..4 {
+        for mir in 0..2 {
+            let name = format!("avif-rot{rot}mir{mir}_640x427.avif");
+            let p = normalize()
+                .process(&std::fs::read(dir.join(&name)).expect("AVIF"))
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(p.input_format, Format::Avif);
+            assert_eq!(p.output_size, (640, 427), "{name}");
+            // These files also carry an EXIF Orientation that disagrees with irot/imir
+            // (Pillow's tests read 2, 4, 5 or 7 from them): it must not be applied on top.
+            assert_eq!(p.orientation, 1, "{name}");
+            let diff = mean_abs_diff(&thumb(&decode_rgb(&p.bytes)), &want);
+            assert!(
+                diff < ignored / 3.0,
+                "{name}: {diff:.1} from the upright thumbnail (mirrored: {ignored:.1})"
+            );
+        }
+    }
+}
+
+#[cfg(not(feature = "heif"))]
+#[test]
+fn without_the_heif_feature_heic_fails_naming_the_format() {
+    let heic = std::fs::read(fixtures_dir().join("iphone-arrow_irot270_3024x4032.heic"))
+        .expect("reading the HEIC fixture");
+    let e = normalize().process(&heic).expect_err("no HEIF support");
+    assert_eq!(e.reason(), "no_heif_support");
+    assert!(
+        e.to_string()
+            .starts_with("HEIC: this photosync was built without HEIF support"),
+        "{e}"
+    );
+}
+
+#[test]
+fn mpo_uploads_its_first_frame() {
+    let mpo = std::fs::read(fixtures_dir().join("mpo-stereo_sugarshack.mpo")).expect("MPO");
+    // The first frame's size, read from the MP Entry of the MPF index (CIPA DC-007): APP2
+    // "MPF\0", a TIFF header, IFD0 whose tag 0xB002 points at 16-byte entries.
+    let mpf = find(&mpo, b"MPF\0").expect("an MPF segment") + 4;
+    assert_eq!(&mpo[mpf..mpf + 2], b"MM", "this file's index is big-endian");
+    let be16 = |at: usize| usize::from(u16::from_be_bytes([mpo[at], mpo[at + 1]]));
+    let be32 =
+        |at: usize| u32::from_be_bytes([mpo[at], mpo[at + 1], mpo[at + 2], mpo[at + 3]]) as usize;
+    let ifd = mpf + be32(mpf + 4);
+    let entry = (0..be16(ifd))
+        .map(|i| ifd + 2 + 12 * i)
+        .find(|&e| be16(e) == 0xB002)
+        .expect("an MP Entry tag");
+    let entries = mpf + be32(entry + 8);
+    let first = &mpo[..be32(entries + 4)];
+    assert_eq!(&first[first.len() - 2..], &[0xFF, 0xD9]);
+    let second = mpf + be32(entries + 16 + 8);
+    assert_eq!(
+        &mpo[second..second + 3],
+        &[0xFF, 0xD8, 0xFF],
+        "a second frame follows"
+    );
+
+    let p = normalize().process(&mpo).expect("MPO converts");
+    assert_eq!(p.input_format, Format::Mpo);
+    let want = decode_rgb(first);
+    assert_clean_output("MPO", &p, want.dimensions());
+    assert!(mean_abs_diff(&decode_rgb(&p.bytes), &want) < 12.0);
+
+    let p = passthrough().process(&mpo).expect("MPO in passthrough");
+    assert_eq!(p.content_type, "image/jpeg");
+    assert_eq!(
+        p.bytes.as_ref(),
+        first,
+        "passthrough sends the first frame as it is"
+    );
+}
+
+// ---- Face-centred square crop ----
+
+fn face_crop() -> Pipeline {
+    Pipeline::new(Settings {
+        crop: CropMode::Face,
+        ..Settings::default()
+    })
+}
+
+/// The largest face the crop was made around, found again with rustface directly (the test's
+/// own detector settings, on the whole upright photo).
+fn faces_in(img: &image::RgbImage) -> Vec<(f64, f64, f64, f64)> {
+    let model = rustface::read_model(
+        std::fs::read(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("src/image/model/seeta_fd_frontal_v1.0.bin"),
+        )
+        .expect("model")
+        .as_slice(),
+    )
+    .expect("model parses");
+    // Detect on a copy whose long side is 480 px, then scale back.
+    let scale = f64::from(img.width().max(img.height())) / 480.0;
+    let small = if scale > 1.0 {
+        image::imageops::resize(
+            img,
+            (f64::from(img.width()) / scale).round() as u32,
+            (f64::from(img.height()) / scale).round() as u32,
+            image::imageops::FilterType::Triangle,
+        )
+    } else {
+        img.clone()
+    };
+    let scale = scale.max(1.0);
+    let grey = image::DynamicImage::ImageRgb8(small).to_luma8();
+    let mut detector = rustface::create_detector_with_model(model);
+    detector.set_min_face_size(20);
+    detector.set_score_thresh(2.0);
+    let mut faces: Vec<_> = detector
+        .detect(&rustface::ImageData::new(
+            grey.as_raw(),
+            grey.width(),
+            grey.height(),
+        ))
+        .iter()
+        .map(|f| {
+            let b = f.bbox();
+            (
+                f64::from(b.x()) * scale,
+                f64::from(b.y()) * scale,
+                f64::from(b.width()) * scale,
+                f64::from(b.height()) * scale,
+            )
+        })
+        .collect();
+    faces.sort_by(|a, b| (b.2 * b.3).total_cmp(&(a.2 * a.3)));
+    faces
+}
+
+/// The crop holds the face box with margin, centred on it horizontally unless flush with the
+/// photo's edge on the face's side, and stays inside the photo.
+fn assert_face_crop(what: &str, p: &Processed, upright: &image::RgbImage) {
+    let crop = p.crop.unwrap_or_else(|| panic!("{what}: no crop reported"));
+    assert_eq!(crop.mode, CropMode::Face, "{what}: {crop}");
+    assert_eq!(crop.note, None, "{what}: {crop}");
+    assert_eq!(crop.width, crop.height, "{what}: not square");
+    let (w, h) = upright.dimensions();
+    assert!(
+        crop.x + crop.width <= w && crop.y + crop.height <= h,
+        "{what}: {crop} outside {w}x{h}"
+    );
+    assert!(crop.width <= w.min(h));
+    let faces = faces_in(upright);
+    let &(fx, fy, fw, fh) = faces
+        .first()
+        .unwrap_or_else(|| panic!("{what}: the test finds no face"));
+    let (cx, cy, side) = (f64::from(crop.x), f64::from(crop.y), f64::from(crop.width));
+    let margin = 0.05 * fw;
+    assert!(
+        fx - cx >= margin.min(fx) && cx + side - (fx + fw) >= margin.min(f64::from(w) - fx - fw),
+        "{what}: {crop} cuts into the face {fx:.0},{fy:.0} {fw:.0}x{fh:.0} horizontally"
+    );
+    assert!(
+        fy - cy >= margin.min(fy) && cy + side - (fy + fh) >= margin.min(f64::from(h) - fy - fh),
+        "{what}: {crop} cuts into the face {fx:.0},{fy:.0} {fw:.0}x{fh:.0} vertically"
+    );
+    let off = (fx + fw / 2.0) - (cx + side / 2.0);
+    let flush = (off < 0.0 && crop.x == 0) || (off > 0.0 && crop.x + crop.width == w);
+    assert!(
+        off.abs() <= 0.10 * side || flush,
+        "{what}: face centre {off:.0} px from the crop's centre ({crop})"
+    );
+    assert_eq!(p.output_size.0, p.output_size.1);
+    assert!(p.output_size.0 <= crop.width.min(648), "never upscaled");
+}
+
+fn upright_of(bytes: &[u8]) -> image::RgbImage {
+    decode_rgb(bytes)
+}
+
+#[test]
+fn face_crop_is_centred_on_the_face() {
+    let Some(dir) = photos_dir() else { return };
+    for name in [
+        "orient-0-none_hopper_128x128.jpg",
+        "png-rgb_astronaut_512x512.png",
+        "grayscale_hopper_128x128.jpg",
+    ] {
+        let bytes = read(&dir, name);
+        let p = process_ok(&face_crop(), &dir, name);
+        assert_face_crop(name, &p, &upright_of(&bytes));
+    }
+    // With a smaller output the square is smaller than the photo: a real cut around the face.
+    let small = Pipeline::new(Settings {
+        crop: CropMode::Face,
+        max_side: 200,
+        ..Settings::default()
+    });
+    let name = "png-rgb_astronaut_512x512.png";
+    let p = process_ok(&small, &dir, name);
+    assert!(p.crop.expect("a crop").width < 512, "{:?}", p.crop);
+    assert_face_crop(name, &p, &upright_of(&read(&dir, name)));
+    // Stored sideways (orientation 6 and 8): detection runs on the upright pixels.
+    for n in [6u8, 8] {
+        let name = format!("orient-{n}_hopper_128x128.jpg");
+        let p = process_ok(&face_crop(), &dir, &name);
+        assert_eq!(p.orientation, u16::from(n));
+        let upright = reference(&read(&dir, &name), n);
+        assert_face_crop(&name, &p, &upright);
+    }
+}
+
+#[test]
+fn face_crop_finds_faces_in_soft_upscaled_and_sideways_portraits() {
+    let Some(dir) = photos_dir() else { return };
+    let hopper = decode_rgb(&read(&dir, "orient-0-none_hopper_128x128.jpg"));
+    // A soft portrait: 128 px blown up 8 times, as badge software does with a small scan; then
+    // padded into a wide frame with the face near the left edge.
+    let soft = image::imageops::resize(&hopper, 1024, 1024, image::imageops::FilterType::Triangle);
+    let mut wide = image::RgbImage::from_pixel(2600, 1100, image::Rgb([200, 200, 190]));
+    image::imageops::overlay(&mut wide, &soft, 20, 40);
+    for (what, img) in [("soft", soft), ("soft, near the left edge", wide.clone())] {
+        let mut jpeg = Vec::new();
+        image::DynamicImage::ImageRgb8(img.clone())
+            .write_to(
+                &mut std::io::Cursor::new(&mut jpeg),
+                image::ImageFormat::Jpeg,
+            )
+            .expect("encoding");
+        let p = face_crop().process(&jpeg).expect("converts");
+        assert_face_crop(what, &p, &img);
+    }
+    // The wide frame stored sideways, as a phone held upright writes it: orientation 6 (the
+    // stored pixels are the upright ones turned 90 degrees counter-clockwise).
+    let stored = image::imageops::rotate270(&wide);
+    let mut jpeg = Vec::new();
+    image::DynamicImage::ImageRgb8(stored)
+        .write_to(
+            &mut std::io::Cursor::new(&mut jpeg),
+            image::ImageFormat::Jpeg,
+        )
+        .expect("encoding");
+    let exif = [b"Exif\0\0".as_slice(), &tiff_with_orientation(6)].concat();
+    let jpeg = jpeg_with_segment(&jpeg, 0xE1, &exif);
+    let p = face_crop().process(&jpeg).expect("converts");
+    assert_eq!(p.orientation, 6);
+    assert_face_crop("sideways", &p, &wide);
+    let crop = p.crop.expect("a crop");
+    assert_eq!(
+        crop.x, 0,
+        "the face is near the left edge: the square is flush with it"
+    );
+}
+
+#[test]
+fn face_crop_without_a_face_is_the_centre_crop() {
+    let Some(dir) = photos_dir() else { return };
+    let centre = Pipeline::new(Settings {
+        crop: CropMode::Center,
+        ..Settings::default()
+    });
+    for name in [
+        "misnamed_png-content_coffee_600x400.jpg",
+        // A still life and a bird: no person in either.
+        "progressive-portrait_wine_2560x3837.jpg",
+        "large_kleiber_6028x3391_4.2MiB.jpg",
+        "png-16bit-rgb_chessboard_200x200.png",
+        "png-rgba-semitransparent_mate-arc_2140x1200.png",
+        "cmyk-adobe-ycck_100x100.jpg",
+    ] {
+        let face = process_ok(&face_crop(), &dir, name);
+        let crop = face.crop.expect("a crop");
+        assert_eq!(crop.note, Some(CropNote::NoFace), "{name}: {crop}");
+        assert_eq!(crop.mode, CropMode::Center, "{name}");
+        assert!(crop.to_string().ends_with("(no_face)"), "{crop}");
+        let centre = process_ok(&centre, &dir, name);
+        let centre_crop = centre.crop.expect("a crop");
+        assert_eq!(
+            (crop.x, crop.y, crop.width),
+            (centre_crop.x, centre_crop.y, centre_crop.width),
+            "{name}"
+        );
+        assert_eq!(
+            face.bytes, centre.bytes,
+            "{name}: same output as the centre crop"
+        );
+    }
+}
+
+#[test]
+fn face_crop_with_two_similar_faces_is_the_centre_crop() {
+    let Some(dir) = photos_dir() else { return };
+    let hopper = decode_rgb(&read(&dir, "orient-0-none_hopper_128x128.jpg"));
+    let big = image::imageops::resize(&hopper, 384, 384, image::imageops::FilterType::Triangle);
+    let mut group = image::RgbImage::from_pixel(1200, 500, image::Rgb([220, 220, 220]));
+    image::imageops::overlay(&mut group, &big, 60, 60);
+    image::imageops::overlay(&mut group, &big, 760, 60);
+    let mut png = Vec::new();
+    group
+        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .expect("encoding");
+    let p = face_crop().process(&png).expect("converts");
+    let crop = p.crop.expect("a crop");
+    assert_eq!(crop.note, Some(CropNote::SeveralFaces), "{crop}");
+    assert_eq!((crop.x, crop.y, crop.width), (350, 0, 500));
 }
