@@ -8,6 +8,8 @@
 #   PHOTO=PATH                 the photo (default: the astronaut portrait, trimmed to a 4:3
 #                              landscape so that the centre and the face squares differ)
 #   SIDE=N                     height of each panel in the picture (default 240)
+#   PROFILE=NAME               cargo profile the example is built with (default release; dev
+#                              reuses a debug build, where the image crates are optimised too)
 set -euo pipefail
 
 OUT="${1:-docs/crop-modes.png}"
@@ -19,8 +21,9 @@ if [[ ! -x "$CONVERT" || ! -f "$FONT" ]]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends imagemagick fonts-dejavu-core >&2
 fi
-cargo build --release --example pipeline_bench >&2
-BIN="${CARGO_TARGET_DIR:-target}/release/examples/pipeline_bench"
+PROFILE="${PROFILE:-release}"
+cargo build --profile "$PROFILE" --example pipeline_bench >&2
+BIN="${CARGO_TARGET_DIR:-target}/$([[ $PROFILE == dev ]] && echo debug || echo "$PROFILE")/examples/pipeline_bench"
 
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
@@ -57,6 +60,7 @@ panel "$work/none/before.png.out.jpg" 'crop = "none"' "$work/p1.png"
 panel "$work/center/before.png.out.jpg" 'crop = "center"' "$work/p2.png"
 panel "$work/face/before.png.out.jpg" 'crop = "face"' "$work/p3.png"
 mkdir -p "$(dirname "$OUT")"
+# A palette of 256 colours keeps the picture small enough to live in the repository.
 "$CONVERT" "$work/p0.png" "$work/p1.png" "$work/p2.png" "$work/p3.png" \
-  -background white -splice 12x0 +append -strip "$OUT"
+  -background white -splice 12x0 +append -alpha off -colors 256 -strip "$OUT"
 echo "wrote $OUT" >&2

@@ -32,6 +32,9 @@ pub struct Row {
     pub bytes_after: Option<u64>,
     pub error: Option<String>,
     pub request_id: Option<String>,
+    /// The square cut before resizing, in the upright photo's pixels: `face 812x812+140+60`,
+    /// or `center 2560x2560+0+638 (no_face)` when a face crop fell back to the centre.
+    pub crop: Option<String>,
 }
 
 #[derive(Clone, Copy)]
@@ -97,6 +100,7 @@ pub fn create(path: &Path) -> Result<(Sink, Writer), ReportError> {
                         "bytes_after",
                         "error",
                         "request_id",
+                        "crop",
                     ])
                     .map_err(|e| io(e.into()))?;
                 }

@@ -65,6 +65,12 @@ pub async fn run(config: &Path, _args: Args) -> u8 {
         }
     };
     let mut r = Report::default();
+    if cfg.image.uses_deprecated_square() {
+        r.warn(
+            "image.square",
+            "deprecated: use crop = \"center\" (square = true still cuts the centred square)",
+        );
+    }
     for s in &cfg.sources {
         let what = format!("source {} ({})", s.root.display(), s.target.as_str());
         match crate::source::check_root(&s.root) {

@@ -31,8 +31,9 @@ pub fn preview(p: &Preview) -> String {
             bytes_after,
             orientation,
             metadata_stripped,
+            crop,
         } => format!(
-            "would upload {target} ({}) from {path}: {} {}x{} {} -> {}x{} {}{}{}",
+            "would upload {target} ({}) from {path}: {} {}x{} {} -> {}x{} {}{}{}{}",
             reason.as_str(),
             input_format.name(),
             input_size.0,
@@ -41,6 +42,7 @@ pub fn preview(p: &Preview) -> String {
             output_size.0,
             output_size.1,
             human_bytes(*bytes_after),
+            crop.map(|c| format!(", crop {c}")).unwrap_or_default(),
             if *orientation > 1 {
                 format!(", EXIF orientation {orientation} applied")
             } else {
@@ -134,7 +136,7 @@ fn summary_line(stats: &Stats, elapsed: Duration, dry_run: bool) -> String {
 mod tests {
     use super::*;
     use crate::engine::decide::Reason;
-    use crate::image::Format;
+    use crate::image::{Crop, CropMode, CropNote, Format};
 
     #[test]
     fn a_dry_run_line_says_what_would_be_uploaded() {
@@ -149,10 +151,43 @@ mod tests {
             bytes_after: 60 << 10,
             orientation: 6,
             metadata_stripped: true,
+            crop: None,
         };
         assert_eq!(
             preview(&p),
             "would upload user:alice@contoso.com (new) from /t/users/alice@contoso.com.jpg: JPEG 4000x3000 3.0 MiB -> 648x648 60.0 KiB, EXIF orientation 6 applied, metadata stripped"
+        );
+        let face = Crop {
+            mode: CropMode::Face,
+            width: 812,
+            height: 812,
+            x: 140,
+            y: 60,
+            note: None,
+        };
+        let with_crop = |c: Crop| {
+            let mut q = p.clone();
+            if let Preview::Upload { crop, .. } = &mut q {
+                *crop = Some(c);
+            }
+            preview(&q)
+        };
+        let line = with_crop(face);
+        assert!(
+            line.ends_with("-> 648x648 60.0 KiB, crop face 812x812+140+60, EXIF orientation 6 applied, metadata stripped"),
+            "{line}"
+        );
+        let line = with_crop(Crop {
+            mode: CropMode::Center,
+            width: 3000,
+            height: 3000,
+            x: 500,
+            y: 0,
+            note: Some(CropNote::NoFace),
+        });
+        assert!(
+            line.contains(", crop center 3000x3000+500+0 (no_face),"),
+            "{line}"
         );
         let d = Preview::Delete {
             key: "user:bob@contoso.com".into(),

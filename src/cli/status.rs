@@ -34,6 +34,32 @@ struct Status {
     /// Photos whose user was not found (yet): looked up again every `parked_retry`. `at` is
     /// when the photo was first parked.
     parked: Vec<FailureJson>,
+    /// Files under a source root that are not photos (neither the name nor the first bytes
+    /// say so): how many, and the first [`LISTED`] by path.
+    skipped_files: i64,
+    skipped: Vec<SkippedJson>,
+    /// Synced photos that `crop = "face"` cut at the centre instead: counts by note
+    /// (`no_face`, `several_faces`), and the first [`LISTED`] by target.
+    crop_fallbacks_by_note: BTreeMap<String, i64>,
+    crop_fallbacks: Vec<CropFallbackJson>,
+}
+
+/// How many skipped files and crop fallbacks `status` names; the counts cover all of them.
+const LISTED: i64 = 20;
+
+#[derive(Serialize)]
+struct SkippedJson {
+    path: String,
+    reason: String,
+    /// When it was found skipped, RFC 3339.
+    at: String,
+}
+
+#[derive(Serialize)]
+struct CropFallbackJson {
+    target: String,
+    path: Option<String>,
+    note: String,
 }
 
 #[derive(Serialize)]
@@ -130,7 +156,27 @@ async fn collect(ledger: &Ledger) -> Result<Status, LedgerError> {
         at: f.at.map(rfc3339),
         next_attempt_at: f.next_attempt_at.map(rfc3339),
     };
+    let (skipped_files, skipped) = ledger.skipped_files(LISTED).await?;
+    let (fallback_counts, fallbacks) = ledger.crop_fallbacks(LISTED).await?;
     Ok(Status {
+        skipped_files,
+        skipped: skipped
+            .into_iter()
+            .map(|s| SkippedJson {
+                path: s.path,
+                reason: s.reason,
+                at: rfc3339(s.at),
+            })
+            .collect(),
+        crop_fallbacks_by_note: fallback_counts.into_iter().collect(),
+        crop_fallbacks: fallbacks
+            .into_iter()
+            .map(|c| CropFallbackJson {
+                target: c.target,
+                path: c.path,
+                note: c.note,
+            })
+            .collect(),
         parked: ledger.parked().await?.into_iter().map(json).collect(),
         database: ledger.path().display().to_string(),
         totals,
@@ -175,6 +221,52 @@ fn print_text(s: &Status) {
     }
     print_parked(&s.parked);
     print_failures(s);
+    print_skipped(s);
+    print_crop_fallbacks(s);
+}
+
+/// "and N more" when a list shows fewer than its count.
+fn more(shown: usize, count: i64) -> Option<String> {
+    let rest = count - shown as i64;
+    (rest > 0).then(|| format!("  … and {rest} more"))
+}
+
+fn print_skipped(s: &Status) {
+    if s.skipped_files == 0 {
+        return;
+    }
+    println!("skipped (not photos): {}", s.skipped_files);
+    for f in &s.skipped {
+        println!("  {} ({})", f.path, f.reason);
+    }
+    if let Some(line) = more(s.skipped.len(), s.skipped_files) {
+        println!("{line}");
+    }
+}
+
+fn print_crop_fallbacks(s: &Status) {
+    let count: i64 = s.crop_fallbacks_by_note.values().sum();
+    if count == 0 {
+        return;
+    }
+    let notes = s
+        .crop_fallbacks_by_note
+        .iter()
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    println!("cropped at the centre, no single face found: {count} ({notes})");
+    for c in &s.crop_fallbacks {
+        println!(
+            "  {} {}: {}",
+            c.target,
+            c.path.as_deref().unwrap_or(""),
+            c.note
+        );
+    }
+    if let Some(line) = more(s.crop_fallbacks.len(), count) {
+        println!("{line}");
+    }
 }
 
 fn print_parked(parked: &[FailureJson]) {

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use crate::graph::resolve::MAX_PER_REQUEST;
 use crate::graph::{ErrorClass, GraphError, Reply};
-use crate::image::ImageError;
+use crate::image::{Crop, CropNote, ImageError};
 use crate::ledger::{now_ms, FailureClass, HistoryAction, Op};
 use crate::mapping::file::MapFileError;
 use crate::mapping::{Lookup, MappingError};
@@ -279,6 +279,8 @@ pub struct Uploaded {
     pub bytes_after: u64,
     pub took: Duration,
     pub etag: EtagRead,
+    /// The square the pipeline cut, if it cut one.
+    pub crop: Option<Crop>,
 }
 
 /// The photo's `mediaEtag`, read back after an upload.
@@ -345,6 +347,7 @@ impl Recorder {
                 bytes_after: Some(u.bytes_after),
                 error: None,
                 request_id: u.reply.request_id.clone(),
+                crop: u.crop.map(|c| c.to_string()),
             });
         }
         let Action::Upload { hash, .. } = &job.action else {
@@ -361,6 +364,7 @@ impl Recorder {
             request_id: u.reply.request_id,
             client_request_id: Some(u.reply.client_request_id),
             action: HistoryAction::Upload,
+            crop_note: u.crop.and_then(|c| c.note).map(CropNote::as_str),
             now: now_ms(),
         })
         .await;

@@ -1,6 +1,6 @@
 //! What a dry run would do, as events: the engine emits them, the CLI prints them.
 
-use crate::image::Format;
+use crate::image::{Crop, Format};
 
 use super::decide::Reason;
 
@@ -19,6 +19,8 @@ pub enum Preview {
         /// The EXIF orientation applied (1 = none).
         orientation: u16,
         metadata_stripped: bool,
+        /// The square that would be cut (`None` with `crop = "none"` and in passthrough).
+        crop: Option<Crop>,
     },
     /// The image pipeline refuses the photo.
     Refuse {

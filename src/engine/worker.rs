@@ -152,6 +152,7 @@ async fn upload(deps: &Arc<Deps>, job: &Job, bytes: Bytes, reason: Reason) -> It
         bytes_after: processed.bytes.len() as u64,
         took,
         etag,
+        crop: processed.crop,
     }))
 }
 

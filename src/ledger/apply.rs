@@ -42,6 +42,25 @@ async fn apply_one(tx: &mut SqliteConnection, op: &Op) -> sqlx::Result<()> {
         // Gathered by `Bulk::gather`: never passed here.
         Op::File { .. } | Op::Uploaded { .. } | Op::Etag { .. } => Ok(()),
         Op::ForgetFile { path } => forget_file(tx, path).await,
+        Op::Skipped {
+            path,
+            source,
+            size,
+            mtime_ns,
+            reason,
+            now,
+        } => {
+            let row = super::skipped::Skipped {
+                path,
+                source,
+                size: *size,
+                mtime_ns: *mtime_ns,
+                reason,
+                now: *now,
+            };
+            super::skipped::skipped(tx, &row).await
+        }
+        Op::Unskipped { path } => super::skipped::unskipped(tx, path).await,
         Op::Resolved {
             lookup_key,
             object_id,
@@ -298,7 +317,7 @@ type FileRowJson<'a> = (
 );
 
 /// target_key, kind, path, content_hash, fingerprint, now, request_id, bytes, action,
-/// http_status, client_request_id
+/// http_status, client_request_id, crop_note
 type UploadRow<'a> = (
     &'a str,
     &'a str,
@@ -311,6 +330,7 @@ type UploadRow<'a> = (
     &'static str,
     u16,
     Option<&'a str>,
+    Option<&'static str>,
 );
 
 /// target_key, media_etag, graph_id
@@ -348,6 +368,7 @@ impl<'a> Bulk<'a> {
                 request_id,
                 client_request_id,
                 action,
+                crop_note,
                 now,
             } => self.uploads.push((
                 target_key,
@@ -361,6 +382,7 @@ impl<'a> Bulk<'a> {
                 action.as_str(),
                 *http_status,
                 client_request_id.as_deref(),
+                *crop_note,
             )),
             Op::Etag {
                 target_key,
@@ -422,9 +444,9 @@ async fn files(tx: &mut SqliteConnection, rows: &str) -> sqlx::Result<()> {
 async fn uploads(tx: &mut SqliteConnection, rows: &str) -> sqlx::Result<()> {
     sqlx::query(
         "INSERT INTO targets (target_key, kind, state, path, last_hash, last_fingerprint,
-           last_uploaded_at, last_request_id, attempts, updated_at)
+           last_uploaded_at, last_request_id, attempts, updated_at, crop_note)
          SELECT value ->> 0, value ->> 1, 'synced', value ->> 2, value ->> 3, value ->> 4,
-                value ->> 5, value ->> 6, 0, value ->> 5
+                value ->> 5, value ->> 6, 0, value ->> 5, value ->> 11
          FROM json_each(?1) WHERE true ORDER BY key
          ON CONFLICT (target_key) DO UPDATE SET state = 'synced', path = excluded.path,
            last_hash = excluded.last_hash, last_fingerprint = excluded.last_fingerprint,
@@ -434,7 +456,8 @@ async fn uploads(tx: &mut SqliteConnection, rows: &str) -> sqlx::Result<()> {
            failed_fingerprint = NULL,
            error_class = NULL, error_reason = NULL, error_status = NULL,
            error_code = NULL, error_message = NULL, error_request_id = NULL,
-           error_at = NULL, updated_at = excluded.updated_at",
+           error_at = NULL, updated_at = excluded.updated_at,
+           crop_note = excluded.crop_note",
     )
     .bind(rows)
     .execute(&mut *tx)

@@ -33,6 +33,7 @@ pub(super) fn uploaded_op(path: &str, key: &str, content: &str, now: i64) -> Op 
         request_id: Some(format!("r{now}")),
         client_request_id: None,
         action: HistoryAction::Upload,
+        crop_note: None,
         now,
     }
 }

@@ -16,13 +16,15 @@
 //! - `snapshot.rs`: the planner's view, read in one transaction;
 //! - `op.rs`: the write vocabulary ([`Op`]); `apply.rs`: [`Ledger::apply`], one small function
 //!   per op, one transaction a batch;
-//! - `queries.rs`: what `status`, `retry`, `verify` and the daemon read.
+//! - `queries.rs`: what `status`, `retry`, `verify` and the daemon read;
+//! - `skipped.rs`: files that are not photos, and face crops that fell back to the centre.
 
 mod apply;
 #[cfg(test)]
 mod fixtures;
 mod op;
 mod queries;
+mod skipped;
 mod snapshot;
 mod states;
 
@@ -35,6 +37,7 @@ use sqlx::SqlitePool;
 
 pub use op::{HistoryAction, Op};
 pub use queries::{CachedResolution, FailureRow, SyncedTarget};
+pub use skipped::{CropFallback, SkippedFile, SkippedRow};
 pub use snapshot::{ContentHash, FastHash, FileRow, LastFailure, Snapshot, TargetRow};
 pub use states::{FailureClass, TargetState, UnknownText};
 

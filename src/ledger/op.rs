@@ -47,6 +47,8 @@ pub enum Op {
         request_id: Option<String>,
         client_request_id: Option<String>,
         action: HistoryAction,
+        /// Why a face crop cut the centre instead (`CropNote::as_str`), if it did.
+        crop_note: Option<&'static str>,
         now: i64,
     },
     /// A photo file is gone from the tree: the ledger forgets it.
@@ -76,6 +78,18 @@ pub enum Op {
         request_id: Option<String>,
         now: i64,
     },
+    /// A file under a source root is not a photo: neither its name nor its first bytes say so.
+    Skipped {
+        path: String,
+        source: String,
+        size: i64,
+        mtime_ns: i64,
+        /// `Skip::as_str`.
+        reason: &'static str,
+        now: i64,
+    },
+    /// A file recorded as skipped is gone, or is a photo now.
+    Unskipped { path: String },
     /// An attempt failed, or a file was refused before sending. The class decides the state
     /// (`parked` for [`FailureClass::Parked`], `failed` otherwise).
     Failed {

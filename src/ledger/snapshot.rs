@@ -67,6 +67,8 @@ pub struct Snapshot {
     /// Targets that more than one known file maps to, with those files: the only ones where a
     /// conflict has to be looked at.
     pub shared_targets: HashMap<String, Vec<String>>,
+    /// Files found not to be photos, with their stat then.
+    pub skipped: super::skipped::SkippedFiles,
 }
 
 impl Snapshot {
@@ -126,11 +128,15 @@ fn read(path: &Path) -> Result<Snapshot, rusqlite::Error> {
     read_targets(&tx, &mut snap)?;
     read_files(&tx, &mut snap)?;
     read_shared_targets(&tx, &mut snap)?;
+    super::skipped::read_skipped(&tx, &mut snap)?;
     Ok(snap)
 }
 
 /// A text column, borrowed from the row.
-fn text<'r>(r: &'r rusqlite::Row<'_>, i: usize) -> Result<Option<&'r str>, rusqlite::Error> {
+pub(super) fn text<'r>(
+    r: &'r rusqlite::Row<'_>,
+    i: usize,
+) -> Result<Option<&'r str>, rusqlite::Error> {
     Ok(r.get_ref(i)?.as_str_or_null()?)
 }
 

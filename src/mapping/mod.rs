@@ -23,13 +23,16 @@ pub use crate::mapping::names::Skip;
 pub use crate::mapping::rules::Rules;
 pub use crate::mapping::target::{normalise_key, Lookup, MappingError, Target};
 
-use crate::mapping::names::{classify_name, stem_of};
+use crate::mapping::names::{classify_name, may_be_a_photo, stem_of};
 use crate::mapping::target::normalise_owner;
 
 /// What a file under a source root is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Mapped {
     Photo(Target),
+    /// The name is not a photo's but may hold one ([`names::may_be_a_photo`]): a photo of this
+    /// target only if its first bytes say so.
+    ByContent(Target),
     Skipped(Skip),
     Invalid(MappingError),
 }
@@ -57,15 +60,22 @@ pub fn map_with(source: &SourceConfig, rules: &Rules, rel: &Path) -> Mapped {
     if parts.iter().any(|p| p.starts_with('.')) {
         return Mapped::Skipped(Skip::Hidden);
     }
-    if let Some(skip) = classify_name(file) {
-        return Mapped::Skipped(skip);
-    }
+    let by_content = match classify_name(file) {
+        Some(skip) if !may_be_a_photo(file) => return Mapped::Skipped(skip),
+        skip => skip.is_some(),
+    };
     if rules.excludes(&parts) {
         return Mapped::Skipped(Skip::Excluded);
     }
-    match source.target {
-        TargetKind::User | TargetKind::Group => by_name(source, rules, file).into(),
-        TargetKind::Contact => contact(dirs, stem_of(file)).into(),
+    let target = match source.target {
+        TargetKind::User | TargetKind::Group => by_name(source, rules, file),
+        TargetKind::Contact => contact(dirs, stem_of(file)),
+    };
+    match target {
+        // A name that names no one is only a problem for a photo's file.
+        Ok(t) if by_content => Mapped::ByContent(t),
+        Err(_) if by_content => Mapped::Skipped(Skip::NotAPhoto),
+        t => t.into(),
     }
 }
 

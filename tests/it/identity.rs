@@ -367,7 +367,7 @@ async fn include_and_exclude_globs_and_a_csv_report() {
     let mut lines = csv.lines();
     assert_eq!(
         lines.next(),
-        Some("path,target,action,result,bytes_before,bytes_after,error,request_id")
+        Some("path,target,action,result,bytes_before,bytes_after,error,request_id,crop")
     );
     let rows: Vec<&str> = lines.collect();
     assert_eq!(rows.len(), 3, "{csv}");

@@ -12,4 +12,5 @@ mod helpers;
 mod identity;
 mod image;
 mod operator;
+mod photos;
 mod soak;

@@ -1,5 +1,6 @@
-//! One photo file: its target, conflicts, the stat-only check, then (once read and hashed) the
-//! decision to upload, skip or count it unchanged.
+//! One file: its target (or why it has none), conflicts, the stat-only check, then (once read
+//! and hashed) the decision to upload, skip or count it unchanged. Files whose name is not a
+//! photo's take a detour through [`super::by_content`] first.
 
 use std::borrow::Cow;
 use std::path::Path;
@@ -8,7 +9,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use crate::ledger::{now_ms, ContentHash, FileRow, Op, Snapshot, TargetRow, TargetState};
-use crate::mapping::{map_with, Mapped, Skip, Target};
+use crate::mapping::{map_with, Mapped, Target};
 use crate::source::FileEntry;
 use crate::stats::Stats;
 
@@ -18,19 +19,16 @@ use crate::engine::outcome::{ItemError, LocalProblem, MappingProblem};
 use crate::engine::worker::{Action, Job};
 use crate::engine::{panic_message, MAX_INPUT_BYTES, MEMORY_BUDGET_KIB};
 
-use super::{read, PendingRead, Planner, ReadDone};
+use super::{read, Pending, PendingRead, Planner, ReadDone};
 
 impl<'a> Planner<'a> {
-    /// The target a file names, or `None` (counted as skipped or failed).
-    fn map(&self, entry: &FileEntry) -> Option<Target> {
+    /// What a file is: `Photo` or `ByContent` with its target, or `None` (counted as skipped or
+    /// failed).
+    fn map(&mut self, entry: &FileEntry) -> Option<Mapped> {
         let src = self.source(entry.source);
         match map_with(src, &self.rules[entry.source], entry.rel()) {
             Mapped::Skipped(why) => {
-                self.stats().skip(why.as_str());
-                if why == Skip::Excluded {
-                    let path = entry.path.display().to_string();
-                    self.row(&path, "", "skip", "excluded", entry.size);
-                }
+                self.skip_file(entry, why);
                 None
             }
             Mapped::Invalid(e) => {
@@ -39,14 +37,24 @@ impl<'a> Planner<'a> {
                 self.fail(entry.path.display().to_string(), None, &e);
                 None
             }
-            Mapped::Photo(t) => Some(t),
+            photo => Some(photo),
         }
     }
 
-    /// Step 1: mapping, conflicts, and the stat-only check. Returns a read to run when the
-    /// content has to be looked at.
-    pub(super) fn on_file(&mut self, entry: FileEntry) -> Option<PendingRead> {
-        let target = self.map(&entry)?;
+    /// Step 1: mapping; a photo's name goes on to [`Self::on_photo`], another name to the
+    /// check of its content ([`Self::on_other_name`]). Returns a read to run when the content
+    /// has to be looked at.
+    pub(super) fn on_file(&mut self, entry: FileEntry) -> Option<Pending> {
+        match self.map(&entry)? {
+            Mapped::Photo(target) => self.on_photo(entry, target).map(Pending::Read),
+            Mapped::ByContent(target) => self.on_other_name(entry, target),
+            Mapped::Skipped(_) | Mapped::Invalid(_) => None,
+        }
+    }
+
+    /// Conflicts and the stat-only check of a photo. Returns a read to run when the content
+    /// has to be looked at.
+    pub(super) fn on_photo(&mut self, entry: FileEntry, target: Target) -> Option<PendingRead> {
         Stats::add(&self.stats().files, 1);
         let key = target.key();
         // One lookup in each map per file: this runs 100,000 times in a rescan.
@@ -244,15 +252,20 @@ impl<'a> Planner<'a> {
             self.send_deferred().await;
             return;
         }
-        self.send_deferred().await;
         let (bytes, hash) = match read {
             Ok(r) => r,
             Err(e) => {
+                self.send_deferred().await;
                 tracing::warn!(%path, error = %e, "cannot read photo");
                 self.fail(path, Some(key), &ItemError::Io(e));
                 return;
             }
         };
+        let gone_off = self.no_longer_a_photo(&entry, &bytes);
+        self.send_deferred().await;
+        if gone_off {
+            return;
+        }
         Stats::add(&self.stats().bytes_read, bytes.len() as u64);
         self.record_file(&entry, &path, &key, &hash).await;
         let target_row = self.snapshot.targets.get(key.as_str());

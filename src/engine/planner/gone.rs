@@ -20,6 +20,7 @@ use super::Planner;
 impl Planner<'_> {
     pub(super) fn on_gone(&mut self, source: usize, path: &Path) {
         if let Some(p) = path.to_str() {
+            self.forget_gone_skip(p);
             if self.snapshot.files.contains_key(p) {
                 self.gone.push(Gone {
                     source,

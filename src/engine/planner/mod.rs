@@ -35,11 +35,13 @@ use super::rules::RulesCache;
 use super::worker::{Deps, Job};
 use super::{millis, panic_message, EngineError, Order, PassOptions, PassReport, Scope};
 
+mod by_content;
 mod file;
 mod gone;
 mod read;
 mod upload;
 
+use self::by_content::Pending;
 use self::read::{read, PendingRead, ReadDone};
 
 /// Walk results queued while the ledger snapshot loads: at about 150 bytes each, 16 MiB at most.
@@ -120,6 +122,9 @@ pub async fn run_pass(
     join_walkers(walkers).await?;
     if let Some(e) = planner.fatal.take() {
         return Err(EngineError::from_graph(e));
+    }
+    if whole_tree && !planner.budget_spent() && !intake.deps.cancel.is_cancelled() {
+        planner.forget_unseen_skips().await;
     }
     Ok(if planner.budget_spent() {
         // Files after the budget were not looked at: they are not gone.
@@ -344,7 +349,7 @@ impl<'a> Planner<'a> {
                 }
             }
             tokio::select! {
-                Some(done) = reads.next(), if !reads.is_empty() => self.after_read(done).await,
+                Some(done) = reads.next(), if !reads.is_empty() => reads.extend(self.after(done).await),
                 found = feed.next(), if walking && reads.len() < max_reads => match found {
                     Some(found) => reads.extend(self.on_found(found)),
                     None => walking = false,
@@ -357,7 +362,7 @@ impl<'a> Planner<'a> {
     }
 
     /// One thing the walk found; a read to run when a photo's content has to be looked at.
-    fn on_found(&mut self, found: Found) -> Option<PendingRead> {
+    fn on_found(&mut self, found: Found) -> Option<Pending> {
         match found {
             Found::File(entry) => return self.on_file(entry),
             Found::Problem {

@@ -79,6 +79,7 @@ impl Planner<'_> {
                         result: format!("would_upload ({})", reason.as_str()),
                         bytes_before: Some(size),
                         bytes_after: Some(bytes_after),
+                        crop: p.crop.map(|c| c.to_string()),
                         ..Row::default()
                     });
                 }
@@ -93,6 +94,7 @@ impl Planner<'_> {
                     bytes_after,
                     orientation: p.orientation,
                     metadata_stripped: p.metadata_stripped,
+                    crop: p.crop,
                 });
             }
             Err(e) => {
