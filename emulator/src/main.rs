@@ -41,6 +41,23 @@ struct Args {
     /// PEM certificate whose RSA key verifies client assertions.
     #[arg(long)]
     certificate: Option<PathBuf>,
+    /// Accept federated assertions (workload identity) with this issuer; needs
+    /// --federated-subject and --federated-audience.
+    #[arg(long, requires_all = ["federated_subject", "federated_audience"])]
+    federated_issuer: Option<String>,
+    #[arg(long)]
+    federated_subject: Option<String>,
+    #[arg(long)]
+    federated_audience: Option<String>,
+    /// Serve a managed identity endpoint at /metadata/identity/oauth2/token.
+    #[arg(long)]
+    managed_identity: bool,
+    /// With --managed-identity: the Arc challenge, key files written in this folder.
+    #[arg(long, requires = "managed_identity")]
+    arc_key_dir: Option<PathBuf>,
+    /// With --managed-identity: ids of user-assigned identities the endpoint knows.
+    #[arg(long, requires = "managed_identity")]
+    user_assigned: Vec<String>,
     /// Lifetime of issued tokens (humantime: 3600s, 5m).
     #[arg(long, default_value = "3600s", value_parser = humantime::parse_duration)]
     token_ttl: Duration,
@@ -204,6 +221,17 @@ fn prepare(args: &Args) -> Result<(Config, Faults, Option<Seed>)> {
         client_id: args.client_id.clone(),
         client_secret,
         certificate_pem,
+        federation: args.federated_issuer.clone().map(|issuer| graph_emulator::Federation {
+            issuer,
+            subject: args.federated_subject.clone().unwrap_or_default(),
+            audience: args.federated_audience.clone().unwrap_or_default(),
+            propagation_refusals: 0,
+        }),
+        managed_identity: args.managed_identity.then(|| graph_emulator::ManagedIdentity {
+            arc_key_dir: args.arc_key_dir.clone(),
+            arc_realm: None,
+            user_assigned: args.user_assigned.clone(),
+        }),
         token_ttl: args.token_ttl,
         roles: args.roles.clone(),
         accept_any_target: args.accept_any_target,
