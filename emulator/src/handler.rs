@@ -241,6 +241,14 @@ async fn respond(
             code,
             retry_after,
         }) => return scripted_status(ctx, kind, status, &code, retry_after),
+        Some(Fault::Body {
+            status,
+            content_type,
+            body,
+        }) => {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+            return Reply::new(status, ReplyBody::Bytes(Bytes::from(body), content_type));
+        }
         Some(Fault::Reset) => return Reply::drop_connection(),
         Some(Fault::Stall(d)) => tokio::time::sleep(d).await,
         None => {}

@@ -32,38 +32,68 @@ pub(crate) fn handle(
     headers: &HeaderMap,
 ) -> Reply {
     let Some(mi) = &shared.config.managed_identity else {
-        return error(StatusCode::BAD_REQUEST, "invalid_request", "Identity not found");
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "Identity not found",
+        );
     };
     if method != "GET" {
-        return error(StatusCode::METHOD_NOT_ALLOWED, "invalid_request", "Only GET is allowed");
+        return error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "invalid_request",
+            "Only GET is allowed",
+        );
     }
     let has_metadata = headers
         .get("metadata")
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.eq_ignore_ascii_case("true"));
     if !has_metadata {
-        return error(StatusCode::BAD_REQUEST, "invalid_request", "Required metadata header not specified");
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "Required metadata header not specified",
+        );
     }
-    let params: HashMap<String, String> = form_urlencoded::parse(query.as_bytes()).into_owned().collect();
+    let params: HashMap<String, String> = form_urlencoded::parse(query.as_bytes())
+        .into_owned()
+        .collect();
     if !params.contains_key("api-version") {
-        return error(StatusCode::BAD_REQUEST, "invalid_request", "Required query variable 'api-version' is missing");
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "Required query variable 'api-version' is missing",
+        );
     }
     let Some(resource) = params.get("resource").filter(|r| !r.is_empty()) else {
-        return error(StatusCode::BAD_REQUEST, "invalid_request", "Required query variable 'resource' is missing");
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "Required query variable 'resource' is missing",
+        );
     };
     let user = ["client_id", "object_id", "msi_res_id"]
         .iter()
         .find_map(|k| params.get(*k));
     if let Some(id) = user {
         if !mi.user_assigned.iter().any(|u| u.eq_ignore_ascii_case(id)) {
-            return error(StatusCode::BAD_REQUEST, "invalid_request", "Identity not found");
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "Identity not found",
+            );
         }
     }
     if let Some(reply) = arc_challenge(shared, mi, headers) {
         return reply;
     }
     let Some((token, secs)) = token::issue_token(shared) else {
-        return error(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "token encoding failed");
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            "token encoding failed",
+        );
     };
     let now = unix_now();
     Reply::json(
@@ -95,19 +125,34 @@ fn arc_challenge(shared: &Shared, mi: &ManagedIdentity, headers: &HeaderMap) -> 
             keys.remove(i);
             return None;
         }
-        return Some(error(StatusCode::UNAUTHORIZED, "unauthorized", "The key in the Authorization header is not valid"));
+        return Some(error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "The key in the Authorization header is not valid",
+        ));
     }
     let mut raw = [0u8; 32];
     rand::thread_rng().fill_bytes(&mut raw);
     let key = base64::engine::general_purpose::STANDARD.encode(raw);
     let path = dir.join(format!("{}.key", uuid::Uuid::new_v4().simple()));
     if let Err(e) = std::fs::write(&path, &key) {
-        return Some(error(StatusCode::INTERNAL_SERVER_ERROR, "server_error", &format!("cannot write the key file: {e}")));
+        return Some(error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            &format!("cannot write the key file: {e}"),
+        ));
     }
     lock(&shared.arc_keys).push(key);
     let realm = mi.arc_realm.clone().unwrap_or(path);
     Some(
-        error(StatusCode::UNAUTHORIZED, "unauthorized", "Authorization header with the key file's content is required")
-            .header(header::WWW_AUTHENTICATE, format!("Basic realm={}", realm.display())),
+        error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "Authorization header with the key file's content is required",
+        )
+        .header(
+            header::WWW_AUTHENTICATE,
+            format!("Basic realm={}", realm.display()),
+        ),
     )
 }

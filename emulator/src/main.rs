@@ -221,17 +221,22 @@ fn prepare(args: &Args) -> Result<(Config, Faults, Option<Seed>)> {
         client_id: args.client_id.clone(),
         client_secret,
         certificate_pem,
-        federation: args.federated_issuer.clone().map(|issuer| graph_emulator::Federation {
-            issuer,
-            subject: args.federated_subject.clone().unwrap_or_default(),
-            audience: args.federated_audience.clone().unwrap_or_default(),
-            propagation_refusals: 0,
-        }),
-        managed_identity: args.managed_identity.then(|| graph_emulator::ManagedIdentity {
-            arc_key_dir: args.arc_key_dir.clone(),
-            arc_realm: None,
-            user_assigned: args.user_assigned.clone(),
-        }),
+        federation: args
+            .federated_issuer
+            .clone()
+            .map(|issuer| graph_emulator::Federation {
+                issuer,
+                subject: args.federated_subject.clone().unwrap_or_default(),
+                audience: args.federated_audience.clone().unwrap_or_default(),
+                propagation_refusals: 0,
+            }),
+        managed_identity: args
+            .managed_identity
+            .then(|| graph_emulator::ManagedIdentity {
+                arc_key_dir: args.arc_key_dir.clone(),
+                arc_realm: None,
+                user_assigned: args.user_assigned.clone(),
+            }),
         token_ttl: args.token_ttl,
         roles: args.roles.clone(),
         accept_any_target: args.accept_any_target,

@@ -89,7 +89,10 @@ impl Shared {
         rand::thread_rng().fill_bytes(&mut key);
         let started = Instant::now();
         let photo_source = config.photo_update_source.clone();
-        let propagating = config.federation.as_ref().map_or(0, |f| f.propagation_refusals);
+        let propagating = config
+            .federation
+            .as_ref()
+            .map_or(0, |f| f.propagation_refusals);
         Ok(Shared {
             config,
             url,

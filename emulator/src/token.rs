@@ -312,7 +312,11 @@ fn no_federated_match(code: u32, what: &str, value: &str) -> Denied {
 
 /// A platform-issued token presented as the client assertion, matched the way Entra matches
 /// it against a federated identity credential (the issuer's signature is not checked).
-fn check_federated(shared: &Shared, fed: &crate::config::Federation, claims: &Value) -> Result<(), Denied> {
+fn check_federated(
+    shared: &Shared,
+    fed: &crate::config::Federation,
+    claims: &Value,
+) -> Result<(), Denied> {
     {
         let mut left = lock(&shared.propagating);
         if *left > 0 {
@@ -325,11 +329,19 @@ fn check_federated(shared: &Shared, fed: &crate::config::Federation, claims: &Va
             ));
         }
     }
-    let text = |c: &str| claims.get(c).and_then(Value::as_str).unwrap_or("").to_owned();
+    let text = |c: &str| {
+        claims
+            .get(c)
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned()
+    };
     let (iss, sub) = (text("iss"), text("sub"));
     let aud_ok = match claims.get("aud") {
         Some(Value::String(a)) => *a == fed.audience,
-        Some(Value::Array(list)) => list.iter().any(|a| a.as_str() == Some(fed.audience.as_str())),
+        Some(Value::Array(list)) => list
+            .iter()
+            .any(|a| a.as_str() == Some(fed.audience.as_str())),
         _ => false,
     };
     if iss != fed.issuer {
@@ -337,7 +349,11 @@ fn check_federated(shared: &Shared, fed: &crate::config::Federation, claims: &Va
     }
     if !aud_ok {
         let aud = claims.get("aud").map(Value::to_string).unwrap_or_default();
-        return Err(no_federated_match(700_212, "audience", aud.trim_matches('"')));
+        return Err(no_federated_match(
+            700_212,
+            "audience",
+            aud.trim_matches('"'),
+        ));
     }
     if sub != fed.subject {
         return Err(no_federated_match(700_213, "subject", &sub));

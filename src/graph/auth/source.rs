@@ -29,7 +29,8 @@ const RETRY_FOR: Duration = Duration::from_secs(30);
 const RETRY_CAP: Duration = Duration::from_secs(8);
 /// After a passing failure was handed out: callers meanwhile get it without a new request.
 const PAUSE_AFTER_FAILURE: Duration = Duration::from_secs(5);
-/// A token closer than this to expiry is not kept after a failed refresh.
+/// A token closer than this to expiry (or a tenth of its life, if less) is not kept after a
+/// failed refresh.
 const KEEP_MARGIN: Duration = Duration::from_secs(30);
 
 enum Credential {
@@ -47,8 +48,8 @@ struct Failed {
 
 #[derive(Default)]
 struct State {
-    /// The token and when to fetch the next one.
-    cached: Option<(AccessToken, Instant)>,
+    /// The token, when to fetch the next one, and its lifetime.
+    cached: Option<(AccessToken, Instant, Duration)>,
     failed: Option<Failed>,
 }
 
@@ -151,7 +152,7 @@ impl TokenSource {
             state
                 .cached
                 .as_ref()
-                .is_some_and(|(t, _)| t.expires_at > SystemTime::now()),
+                .is_some_and(|(t, _, _)| t.expires_at > SystemTime::now()),
         )
     }
 
@@ -165,7 +166,7 @@ impl TokenSource {
     pub async fn token(&self) -> Result<AccessToken, AuthError> {
         let mut state = self.state.lock().await;
         let now = Instant::now();
-        if let Some((tok, refresh_at)) = &state.cached {
+        if let Some((tok, refresh_at, _)) = &state.cached {
             if now < *refresh_at {
                 return Ok(tok.clone());
             }
@@ -206,7 +207,11 @@ impl TokenSource {
             expires_at: SystemTime::now() + life,
         };
         let margin = (life / 4).min(Duration::from_secs(300));
-        state.cached = Some((tok.clone(), Instant::now() + life.saturating_sub(margin)));
+        state.cached = Some((
+            tok.clone(),
+            Instant::now() + life.saturating_sub(margin),
+            life,
+        ));
         state.failed = None;
         self.issued_once.store(true, Ordering::Relaxed);
         tracing::debug!(expires_in = life.as_secs(), "token obtained");
@@ -220,7 +225,7 @@ impl TokenSource {
         if state
             .cached
             .as_ref()
-            .is_some_and(|(t, _)| t.generation == stale.generation)
+            .is_some_and(|(t, _, _)| t.generation == stale.generation)
         {
             state.cached = None;
         }
@@ -309,9 +314,9 @@ impl TokenSource {
 /// After a failed refresh: the current token, if it is valid a while yet; the next refresh
 /// is tried in a minute (or halfway to expiry, if sooner).
 fn keep_current(state: &mut State, e: &AuthError) -> Option<AccessToken> {
-    let (tok, refresh_at) = state.cached.as_mut()?;
+    let (tok, refresh_at, life) = state.cached.as_mut()?;
     let left = tok.expires_at.duration_since(SystemTime::now()).ok()?;
-    if left <= KEEP_MARGIN {
+    if left <= KEEP_MARGIN.min(*life / 10) {
         return None;
     }
     tracing::warn!(
