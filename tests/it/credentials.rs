@@ -847,3 +847,167 @@ async fn a_rotated_certificate_entra_refuses_keeps_the_current_token_until_it_ex
     assert!(log.contains("AADSTS700027"), "{log}");
     assert!(env.emu.user_photo("carol@contoso.com").is_none());
 }
+
+/// The Python with MSAL 1.39 that `.ci/run` installs; `None` (skipped) outside CI without it.
+fn msal_python() -> Option<PathBuf> {
+    let python = std::env::var_os("PHOTOSYNC_MSAL_PYTHON").map_or_else(
+        || {
+            PathBuf::from(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/target/msal-venv/bin/python"
+            ))
+        },
+        PathBuf::from,
+    );
+    if python.exists() {
+        return Some(python);
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{} is missing: .ci/run installs MSAL there",
+        python.display()
+    );
+    eprintln!("skipped: no MSAL for Python at {}", python.display());
+    None
+}
+
+fn jwt_part(jwt: &str, n: usize) -> serde_json::Map<String, serde_json::Value> {
+    use base64::Engine as _;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(jwt.split('.').nth(n).unwrap())
+        .unwrap();
+    serde_json::from_slice(&bytes).unwrap()
+}
+
+/// Compares photosync's token request with MSAL's for one credential: the same form fields
+/// (and values, but for the assertion), the same assertion header, the same claims.
+fn compare_with_msal(
+    ours: &graph_emulator::TokenRequest,
+    msal: &graph_emulator::TokenRequest,
+    token_url: &str,
+    tenant: &str,
+) {
+    let keys = |r: &graph_emulator::TokenRequest| r.form.keys().cloned().collect::<Vec<_>>();
+    assert_eq!(keys(ours), keys(msal), "form fields");
+    for (k, v) in &ours.form {
+        if k != "client_assertion" {
+            assert_eq!(Some(v), msal.form.get(k), "form field {k}");
+        }
+    }
+    for r in [ours, msal] {
+        assert!(
+            r.headers.contains_key("client-request-id"),
+            "{:?}",
+            r.headers.keys()
+        );
+    }
+    let (Some(a), Some(b)) = (
+        ours.form.get("client_assertion"),
+        msal.form.get("client_assertion"),
+    ) else {
+        return;
+    };
+    let mut msal_header = jwt_part(b, 0);
+    // MSAL adds the chain (for subject-name/issuer authentication) when it is given the
+    // certificate; Entra does not need it for a registered certificate.
+    msal_header.remove("x5c");
+    // MSAL pads its thumbprints (`…=`); both forms are base64url and Entra takes either.
+    for k in ["x5t", "x5t#S256"] {
+        if let Some(serde_json::Value::String(t)) = msal_header.get_mut(k) {
+            *t = t.trim_end_matches('=').to_owned();
+        }
+    }
+    assert_eq!(jwt_part(a, 0), msal_header, "assertion header");
+    let (mut ca, cb) = (jwt_part(a, 1), jwt_part(b, 1));
+    assert!(
+        ca.remove("nbf").is_some(),
+        "photosync states nbf as well as iat"
+    );
+    let claim_keys =
+        |c: &serde_json::Map<String, serde_json::Value>| c.keys().cloned().collect::<Vec<_>>();
+    assert_eq!(claim_keys(&ca), claim_keys(&cb), "claims");
+    for c in ["iss", "sub"] {
+        assert_eq!(ca[c], cb[c], "{c}");
+        assert_eq!(ca[c], CLIENT_ID);
+    }
+    assert_eq!(ca["aud"], token_url);
+    assert_eq!(
+        cb["aud"],
+        format!("https://login.microsoftonline.com/{tenant}/oauth2/v2.0/token")
+    );
+    for c in [&ca, &cb] {
+        let life = c["exp"].as_f64().unwrap() - c["iat"].as_f64().unwrap();
+        assert!(life > 0.0 && life <= 600.0, "lifetime {life}");
+        assert!(uuid::Uuid::parse_str(c["jti"].as_str().unwrap()).is_ok());
+    }
+    assert_ne!(ca["jti"], cb["jti"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn token_requests_match_msal_for_python() {
+    let Some(python) = msal_python() else { return };
+    let made = tempfile::tempdir().unwrap();
+    make_certificates(made.path(), 30);
+    let read = |f: &str| std::fs::read_to_string(made.path().join(f)).unwrap();
+    let env = Env::with_emulator(EmuConfig {
+        tenant: TENANT.into(),
+        client_id: CLIENT_ID.into(),
+        client_secret: Some(crate::helpers::SECRET.into()),
+        certificate_pem: Some(read("leaf.pem")),
+        ..EmuConfig::default()
+    })
+    .await;
+    write_private(
+        &env.path("app.pem"),
+        format!("{}{}", read("leaf.pem"), read("leaf.key")).as_bytes(),
+    );
+    let url = env.emu.url();
+    let token_url = format!("{url}/{TENANT}/oauth2/v2.0/token");
+    for (credential, alg) in [
+        ("client_secret_file = \"secret\"", None),
+        (
+            "certificate_file = \"app.pem\"\nassertion = \"rs256\"",
+            Some("rs256"),
+        ),
+        (
+            "certificate_file = \"app.pem\"\nassertion = \"ps256\"",
+            Some("ps256"),
+        ),
+    ] {
+        env.emu.reset_stats();
+        env.write_config_with(credential, "", "", "");
+        let out = env.run(&["check"]).await;
+        assert!(text(&out).contains("ok    token"), "{}", text(&out));
+        let mut args = serde_json::json!({
+            "url": url, "tenant": TENANT, "client_id": CLIENT_ID, "scope": format!("{url}/.default"),
+        });
+        match alg {
+            None => args["secret"] = crate::helpers::SECRET.into(),
+            Some(alg) => {
+                args["key_pem"] = read("leaf.key").into();
+                args["cert_pem"] = read("leaf.pem").into();
+                args["alg"] = alg.into();
+            }
+        }
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/msal/token_request.py");
+        let py = tokio::process::Command::new(&python)
+            .arg(script)
+            .arg(args.to_string())
+            .output()
+            .await
+            .unwrap();
+        assert!(
+            py.status.success(),
+            "{}",
+            String::from_utf8_lossy(&py.stderr)
+        );
+        let sent: Vec<_> = env
+            .emu
+            .token_requests()
+            .into_iter()
+            .filter(|r| r.path.contains("/oauth2/v2.0/token"))
+            .collect();
+        assert_eq!(sent.len(), 2, "{alg:?}: {sent:?}");
+        compare_with_msal(&sent[0], &sent[1], &token_url, TENANT);
+    }
+}

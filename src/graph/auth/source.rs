@@ -282,8 +282,11 @@ impl TokenSource {
             }
             Credential::Federated(f) => assertion(f.read()?.expose_secret().to_owned()).to_vec(),
         };
+        // The fields MSAL sends (client_info included, though app-only tokens have no
+        // account), so Entra sees photosync as it sees Microsoft's libraries.
         let mut form = vec![
             ("client_id", self.client_id.clone()),
+            ("client_info", "1".to_owned()),
             ("grant_type", "client_credentials".to_owned()),
             ("scope", self.scope.clone()),
         ];
