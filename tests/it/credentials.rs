@@ -1011,3 +1011,130 @@ async fn token_requests_match_msal_for_python() {
         compare_with_msal(&sent[0], &sent[1], &token_url, TENANT);
     }
 }
+
+/// Passing failures of the token endpoint are retried once for all workers, with one
+/// backoff: 20 photos and 4 workers cost three token requests, not one per photo.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_passing_token_endpoint_outage_is_retried_once_for_all_workers() {
+    let env = Env::new().await;
+    for i in 0..20 {
+        let upn = format!("user{i}@contoso.com");
+        env.add_user(&upn);
+        env.put(&format!("users/{upn}.jpg"), &jpeg(i));
+    }
+    env.emu.push_fault(FaultRule::status(
+        Match::Kind(RequestKind::Token),
+        503,
+        "temporarily_unavailable",
+        1,
+    ));
+    env.emu.push_fault(FaultRule::new(
+        Match::Kind(RequestKind::Token),
+        Fault::Reset,
+        1,
+    ));
+    let out = env.run(&["backfill"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(token_requests(&env), 3, "{}", text(&out));
+    assert_eq!(crate::helpers::uploads_ok(&env.emu), 20);
+}
+
+fn contains(hay: &[u8], needle: &str) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle.as_bytes())
+}
+
+/// What every command that prints or writes shows, with trace logs on.
+async fn everything_printed_and_written(env: &Env) -> Vec<(String, Vec<u8>)> {
+    let mut seen = Vec::new();
+    let trace = [("RUST_LOG", "trace")];
+    let report = env.path("report.csv");
+    let report_arg = report.to_str().unwrap().to_owned();
+    for args in [
+        &["-vv", "backfill", "--force", "--report", &report_arg][..],
+        &["-vv", "status"],
+        &["-vv", "status", "--json"],
+        &["-vv", "check"],
+        &["-vv", "verify"],
+    ] {
+        let out = env.run_env(args, &trace).await;
+        seen.push((format!("{args:?}"), [out.stdout, out.stderr].concat()));
+    }
+    for f in ["state/photosync.db", "state/photosync.db-wal", "report.csv"] {
+        if let Ok(bytes) = std::fs::read(env.path(f)) {
+            seen.push((f.to_owned(), bytes));
+        }
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn no_credential_of_any_kind_reaches_logs_ledger_status_check_or_reports() {
+    // Federation: the token file's content, and its signature alone.
+    let env = federated_env(0).await;
+    let jwt = platform_jwt(SUBJECT, "leak");
+    write_token(&env.path("token"), &jwt);
+    env.write_config_with(
+        "federated_token_file = \"token\"",
+        "",
+        "[image]\nmode = \"passthrough\"\n",
+        "",
+    );
+    let signature = jwt.rsplit('.').next().unwrap().to_owned();
+    let seen = everything_printed_and_written(&env).await;
+    assert!(
+        seen.iter().any(|(_, b)| contains(b, "uploaded")),
+        "logs were written"
+    );
+    for (what, bytes) in &seen {
+        assert!(
+            !contains(bytes, &signature),
+            "the federated token in {what}"
+        );
+    }
+
+    // PKCS#12: the password, the private key, the assertion.
+    let env = pfx_env(30).await;
+    let password = "pfx-password-never-printed";
+    export_pfx(&env, password, &[]);
+    write_private(&env.path("app.pass"), password.as_bytes());
+    pfx_config(&env, Some(password));
+    let key = std::fs::read_to_string(env.path("leaf.key")).unwrap();
+    let key_line = key.lines().nth(3).unwrap().to_owned();
+    let seen = everything_printed_and_written(&env).await;
+    let assertion = env
+        .emu
+        .token_requests()
+        .iter()
+        .find_map(|r| r.form.get("client_assertion").cloned())
+        .unwrap();
+    let assertion_signature = assertion.rsplit('.').next().unwrap().to_owned();
+    for (what, bytes) in &seen {
+        assert!(!contains(bytes, password), "the password in {what}");
+        assert!(!contains(bytes, &key_line), "the private key in {what}");
+        assert!(
+            !contains(bytes, &assertion_signature),
+            "the assertion in {what}"
+        );
+    }
+
+    // Managed identity: the issued access token.
+    let env = managed_env(ManagedIdentity::default()).await;
+    let endpoint = format!("{}/metadata/identity/oauth2/token", env.emu.url());
+    managed_config(
+        &env,
+        &format!("managed_identity = true\nmanaged_identity_endpoint = \"{endpoint}\""),
+    );
+    let seen = everything_printed_and_written(&env).await;
+    assert!(env.emu.tokens_issued() > 0);
+    for (what, bytes) in &seen {
+        // Every issued token is an HS256 JWT whose header is this; none may be printed.
+        assert!(
+            !contains(bytes, "eyJ0eXAiOiJKV1QiLCJhbGciOiJIUzI1NiJ9"),
+            "an access token in {what}"
+        );
+        assert!(
+            !contains(bytes, "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9"),
+            "an access token in {what}"
+        );
+    }
+}
