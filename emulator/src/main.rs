@@ -49,10 +49,11 @@ struct Args {
     federated_subject: Option<String>,
     #[arg(long)]
     federated_audience: Option<String>,
-    /// Serve a managed identity endpoint at /metadata/identity/oauth2/token.
-    #[arg(long)]
-    managed_identity: bool,
-    /// With --managed-identity: the Arc challenge, key files written in this folder.
+    /// Serve a managed identity endpoint at /metadata/identity/oauth2/token: `vm` (the
+    /// instance metadata service) or `arc` (the Arc agent's challenge; needs --arc-key-dir).
+    #[arg(long, value_enum)]
+    managed_identity: Option<ManagedKind>,
+    /// With --managed-identity arc: the folder the challenge's key files are written in.
     #[arg(long, requires = "managed_identity")]
     arc_key_dir: Option<PathBuf>,
     /// With --managed-identity: ids of user-assigned identities the endpoint knows.
@@ -110,6 +111,12 @@ struct Args {
     /// Seed of the random faults.
     #[arg(long, default_value_t = 0)]
     fault_seed: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ManagedKind {
+    Vm,
+    Arc,
 }
 
 #[derive(Deserialize)]
@@ -232,8 +239,11 @@ fn prepare(args: &Args) -> Result<(Config, Faults, Option<Seed>)> {
             }),
         managed_identity: args
             .managed_identity
-            .then(|| graph_emulator::ManagedIdentity {
-                arc_key_dir: args.arc_key_dir.clone(),
+            .map(|kind| graph_emulator::ManagedIdentity {
+                arc_key_dir: args
+                    .arc_key_dir
+                    .clone()
+                    .filter(|_| kind == ManagedKind::Arc),
                 arc_realm: None,
                 user_assigned: args.user_assigned.clone(),
             }),

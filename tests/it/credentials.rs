@@ -539,8 +539,8 @@ fn export_pfx(env: &Env, pass: &str, extra: &[&str]) {
     ];
     args.extend_from_slice(extra);
     openssl(&args, env.dir.path());
-    use std::os::unix::fs::PermissionsExt as _;
-    std::fs::set_permissions(env.path("app.pfx"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    let bytes = std::fs::read(env.path("app.pfx")).unwrap();
+    write_private(&env.path("app.pfx"), &bytes);
 }
 
 #[tokio::test(flavor = "multi_thread")]

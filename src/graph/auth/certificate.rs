@@ -6,7 +6,7 @@
 //! PS256 assertions only); a certificate outside its validity period is refused before any
 //! request, since Entra would refuse it.
 
-use std::fmt;
+use std::fmt::{self, Write as _};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -65,9 +65,9 @@ impl CertificateFile {
         files::check_private(&self.path, self.allow_insecure)?;
         let bytes = files::read(&self.path)?;
         let (key, cert) = if bytes.trim_ascii_start().starts_with(b"-----BEGIN") {
-            self.from_pem(&bytes)?
+            self.read_pem(&bytes)?
         } else {
-            self.from_pkcs12(&bytes)?
+            self.read_pkcs12(&bytes)?
         };
         let not_after = self.check_validity(&cert)?;
         Ok(Signer {
@@ -87,7 +87,8 @@ impl CertificateFile {
         };
         let mut s = format!("certificate {} ({format}", self.path.display());
         if let Some(sg) = signer {
-            s.push_str(&format!(
+            let _ = write!(
+                s,
                 ", thumbprint {}, {}, expires {}",
                 match sg.alg {
                     AssertionAlg::Rs256 => &sg.x5t,
@@ -98,7 +99,7 @@ impl CertificateFile {
                     AssertionAlg::Ps256 => "PS256 + x5t#S256",
                 },
                 humantime::format_rfc3339_seconds(sg.not_after)
-            ));
+            );
         }
         s.push(')');
         s
@@ -111,7 +112,7 @@ impl CertificateFile {
         }
     }
 
-    fn from_pem(&self, text: &[u8]) -> Result<(EncodingKey, Vec<u8>), AuthError> {
+    fn read_pem(&self, text: &[u8]) -> Result<(EncodingKey, Vec<u8>), AuthError> {
         let blocks = pem::parse_many(text).map_err(|_| self.bad("not a PEM file"))?;
         let key = blocks
             .iter()
@@ -139,15 +140,14 @@ impl CertificateFile {
         Ok((key, cert))
     }
 
-    fn from_pkcs12(&self, bytes: &[u8]) -> Result<(EncodingKey, Vec<u8>), AuthError> {
+    fn read_pkcs12(&self, bytes: &[u8]) -> Result<(EncodingKey, Vec<u8>), AuthError> {
         let password = match &self.password_file {
             Some(p) => {
                 files::check_private(p, self.allow_insecure)?;
                 let text = String::from_utf8_lossy(&files::read(p)?).into_owned();
-                text.strip_suffix('\n')
-                    .map(|t| t.strip_suffix('\r').unwrap_or(t))
-                    .unwrap_or(&text)
-                    .to_owned()
+                // Only the line end an editor or `echo` adds: spaces may be the password's.
+                let line = text.strip_suffix('\n').unwrap_or(&text);
+                line.strip_suffix('\r').unwrap_or(line).to_owned()
             }
             None => String::new(),
         };

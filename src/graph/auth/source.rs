@@ -221,13 +221,13 @@ impl TokenSource {
     /// Forgets `stale` (after Graph answered 401 to it) so the next call fetches a new token.
     /// A token fetched meanwhile by another caller is kept.
     pub async fn invalidate(&self, stale: &AccessToken) {
-        let mut state = self.state.lock().await;
-        if state
+        let mut held = self.state.lock().await;
+        if held
             .cached
             .as_ref()
             .is_some_and(|(t, _, _)| t.generation == stale.generation)
         {
-            state.cached = None;
+            held.cached = None;
         }
     }
 
