@@ -71,7 +71,15 @@ impl fmt::Debug for TokenSource {
         f.debug_struct("TokenSource")
             .field("token_url", &self.token_url)
             .field("client_id", &self.client_id)
-            .field("credential", &self.describe())
+            .field(
+                "credential",
+                &match &self.credential {
+                    Credential::Secret(_) => "client secret",
+                    Credential::Certificate(_) => "certificate",
+                    Credential::Federated(_) => "federated token file",
+                    Credential::Managed(_) => "managed identity",
+                },
+            )
             .finish_non_exhaustive()
     }
 }
