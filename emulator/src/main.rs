@@ -38,9 +38,13 @@ struct Args {
     /// Default "test-secret" unless --certificate is given.
     #[arg(long)]
     client_secret: Option<String>,
-    /// PEM certificate whose RSA key verifies client assertions.
+    /// Certificate whose RSA key verifies client assertions: a PEM file, or a PKCS#12
+    /// (`.pfx`) file, of which the certificate of its private key is registered.
     #[arg(long)]
     certificate: Option<PathBuf>,
+    /// The password of a PKCS#12 --certificate (none: no password).
+    #[arg(long, requires = "certificate")]
+    certificate_password: Option<String>,
     /// Accept federated assertions (workload identity) with this issuer; needs
     /// --federated-subject and --federated-audience.
     #[arg(long, requires_all = ["federated_subject", "federated_audience"])]
@@ -183,12 +187,35 @@ fn main() -> ExitCode {
     }
 }
 
+/// A PEM file as it is; of a PKCS#12 file, the certificate whose bag carries the private
+/// key's local key id (the first certificate if none does), as PEM.
+fn read_certificate(path: &std::path::Path, password: &str) -> Result<String> {
+    let bytes =
+        std::fs::read(path).with_context(|| format!("reading certificate {}", path.display()))?;
+    if bytes.trim_ascii_start().starts_with(b"-----BEGIN") {
+        return Ok(String::from_utf8_lossy(&bytes).into_owned());
+    }
+    let archive = p12_keystore::Pkcs12Archive::from_pkcs12(&bytes, password)
+        .map_err(|e| anyhow::anyhow!("reading PKCS#12 certificate {}: {e}", path.display()))?;
+    let key_id = archive.keys.first().and_then(|k| k.local_key_id.as_ref());
+    let bag = archive
+        .certs
+        .iter()
+        .find(|c| key_id.is_some_and(|id| c.local_key_id.as_deref() == Some(id.as_ref())))
+        .or_else(|| archive.certs.first())
+        .with_context(|| format!("{} holds no certificate", path.display()))?;
+    Ok(pem::encode(&pem::Pem::new(
+        "CERTIFICATE",
+        bag.cert.as_der().to_vec(),
+    )))
+}
+
 fn prepare(args: &Args) -> Result<(Config, Faults, Option<Seed>)> {
     let certificate_pem = match &args.certificate {
-        Some(path) => Some(
-            std::fs::read_to_string(path)
-                .with_context(|| format!("reading certificate {}", path.display()))?,
-        ),
+        Some(path) => Some(read_certificate(
+            path,
+            args.certificate_password.as_deref().unwrap_or(""),
+        )?),
         None => None,
     };
     let client_secret = match (&args.client_secret_file, &args.client_secret) {
