@@ -180,6 +180,29 @@ async fn federation_from_the_environment_with_a_propagating_credential() {
         "the token file's content was logged"
     );
     assert!(!text(&out).contains(jwt.split('.').nth(1).unwrap()));
+    let out = env
+        .run_env(
+            &["check"],
+            &[
+                ("AZURE_FEDERATED_TOKEN_FILE", token_file.to_str().unwrap()),
+                ("AZURE_CLIENT_ID", CLIENT_ID),
+                ("AZURE_TENANT_ID", TENANT),
+                ("AZURE_AUTHORITY_HOST", &url),
+            ],
+        )
+        .await;
+    let all = text(&out);
+    assert!(
+        all.contains("ok    credentials (workload identity federation): federated token file"),
+        "{all}"
+    );
+    assert!(
+        all.contains(&format!("issuer {ISSUER}, subject {SUBJECT}"))
+            && all.contains(", expires 20"),
+        "{all}"
+    );
+    assert!(all.contains("roles: ProfilePhoto.ReadWrite.All"), "{all}");
+    assert!(!all.contains(&jwt), "{all}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -266,6 +289,10 @@ async fn managed_identity_on_a_vm_waits_out_an_identity_just_assigned() {
         4,
         "three not-ready answers, then the token"
     );
+    let out = env.run(&["check"]).await;
+    let all = text(&out);
+    assert!(all.contains("ok    credentials (managed identity): managed identity (user-assigned, client_id 5d8a0c4e-1111-2222-3333-444455556666)"), "{all}");
+    assert!(all.contains("roles: ProfilePhoto.ReadWrite.All"), "{all}");
 
     // An identity the endpoint does not know: its answer, once (400 is not retried).
     managed_config(
