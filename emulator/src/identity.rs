@@ -3,7 +3,8 @@
 //! required, `resource` required, user-assigned identities by `client_id`, `object_id` or
 //! `msi_res_id`, string-valued token fields; for Arc, the challenge with a `.key` file.
 //!
-//! Invariant: an Arc key is good for one token request, like the agent's.
+//! Invariant: an Arc key is good for one token request, like the agent's; its file is
+//! removed when it is used.
 
 use std::collections::HashMap;
 
@@ -121,8 +122,10 @@ fn arc_challenge(shared: &Shared, mi: &ManagedIdentity, headers: &HeaderMap) -> 
         .and_then(|v| v.strip_prefix("Basic "));
     if let Some(key) = given {
         let mut keys = lock(&shared.arc_keys);
-        if let Some(i) = keys.iter().position(|k| k == key.trim()) {
-            keys.remove(i);
+        if let Some(i) = keys.iter().position(|(k, _)| k == key.trim()) {
+            let (_, file) = keys.remove(i);
+            // Used up, like the agent's; nothing is left behind in its folder.
+            let _ = std::fs::remove_file(file);
             return None;
         }
         return Some(error(
@@ -142,7 +145,7 @@ fn arc_challenge(shared: &Shared, mi: &ManagedIdentity, headers: &HeaderMap) -> 
             &format!("cannot write the key file: {e}"),
         ));
     }
-    lock(&shared.arc_keys).push(key);
+    lock(&shared.arc_keys).push((key, path.clone()));
     let realm = mi.arc_realm.clone().unwrap_or(path);
     Some(
         error(

@@ -52,8 +52,8 @@ pub(crate) struct Shared {
     pub token_requests: Mutex<Vec<TokenRequest>>,
     /// Federated assertions still to refuse with AADSTS70021.
     pub propagating: Mutex<u32>,
-    /// Arc challenge keys handed out and not yet used.
-    pub arc_keys: Mutex<Vec<String>>,
+    /// Arc challenge keys handed out and not yet used, and their files.
+    pub arc_keys: Mutex<Vec<(String, std::path::PathBuf)>>,
     pub stats: Mutex<Stats>,
     pub photo_source: Mutex<String>,
     pub in_flight: AtomicUsize,
