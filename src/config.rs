@@ -58,23 +58,83 @@ pub struct Config {
     pub path: PathBuf,
 }
 
-#[derive(Clone, Deserialize)]
+#[derive(Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
-    pub tenant_id: String,
-    pub client_id: String,
+    /// Needed by every credential but a managed identity; with `credential = "environment"`,
+    /// `$AZURE_TENANT_ID` when left out.
+    #[serde(default)]
+    pub tenant_id: Option<String>,
+    /// Needed by every credential but a managed identity; with `credential = "environment"`,
+    /// `$AZURE_CLIENT_ID` when left out.
+    #[serde(default)]
+    pub client_id: Option<String>,
     #[serde(default)]
     pub client_secret: Option<SecretString>,
     #[serde(default)]
     pub client_secret_file: Option<PathBuf>,
-    /// PEM holding the certificate and its private key.
+    /// A PEM holding the certificate and its private key, or a PKCS#12 (`.pfx`) file.
     #[serde(default)]
     pub certificate_file: Option<PathBuf>,
+    /// The PKCS#12 file's password (a trailing newline is ignored); none: no password.
+    #[serde(default)]
+    pub certificate_password_file: Option<PathBuf>,
     #[serde(default)]
     pub assertion: AssertionAlg,
+    /// A JWT the platform writes and replaces (workload identity federation).
+    #[serde(default)]
+    pub federated_token_file: Option<PathBuf>,
+    /// `"environment"`: the conventional `AZURE_*` variables fill what the config leaves out.
+    #[serde(default)]
+    pub credential: Option<CredentialFrom>,
+    /// The system-assigned managed identity of this Azure VM or Arc-enabled server.
+    #[serde(default)]
+    pub managed_identity: bool,
+    /// A user-assigned managed identity, named by one of its three ids.
+    #[serde(default)]
+    pub managed_identity_client_id: Option<String>,
+    #[serde(default)]
+    pub managed_identity_object_id: Option<String>,
+    #[serde(default)]
+    pub managed_identity_resource_id: Option<String>,
+    /// The full URL of the managed identity token endpoint, in place of the platform's.
+    #[serde(default)]
+    pub managed_identity_endpoint: Option<String>,
+    /// `$AZURE_AUTHORITY_HOST` with `credential = "environment"`: the token host in place of
+    /// `[cloud] login_url`.
+    #[serde(skip)]
+    pub authority_host: Option<String>,
     /// Accept credential files that other users can read (`--allow-insecure-permissions`).
     #[serde(skip)]
     pub allow_insecure_permissions: bool,
+}
+
+/// Where `[auth]` takes what it does not say itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CredentialFrom {
+    /// `AZURE_FEDERATED_TOKEN_FILE`, `AZURE_CLIENT_ID`, `AZURE_TENANT_ID`, `AZURE_AUTHORITY_HOST`.
+    Environment,
+}
+
+/// The one credential `[auth]` names, after validation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CredentialKind {
+    Secret,
+    Certificate,
+    Federated,
+    ManagedIdentity,
+}
+
+impl CredentialKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CredentialKind::Secret => "client secret",
+            CredentialKind::Certificate => "certificate",
+            CredentialKind::Federated => "workload identity federation",
+            CredentialKind::ManagedIdentity => "managed identity",
+        }
+    }
 }
 
 // Hand-written so that even a future field cannot leak the secret through `{:?}`.
@@ -89,7 +149,25 @@ impl fmt::Debug for AuthConfig {
             )
             .field("client_secret_file", &self.client_secret_file)
             .field("certificate_file", &self.certificate_file)
+            .field("certificate_password_file", &self.certificate_password_file)
             .field("assertion", &self.assertion)
+            .field("federated_token_file", &self.federated_token_file)
+            .field("credential", &self.credential)
+            .field("managed_identity", &self.managed_identity)
+            .field(
+                "managed_identity_client_id",
+                &self.managed_identity_client_id,
+            )
+            .field(
+                "managed_identity_object_id",
+                &self.managed_identity_object_id,
+            )
+            .field(
+                "managed_identity_resource_id",
+                &self.managed_identity_resource_id,
+            )
+            .field("managed_identity_endpoint", &self.managed_identity_endpoint)
+            .field("authority_host", &self.authority_host)
             .field(
                 "allow_insecure_permissions",
                 &self.allow_insecure_permissions,
@@ -544,6 +622,8 @@ impl Config {
             message: e.to_string().trim_end().to_owned(),
         })?;
         path.clone_into(&mut cfg.path);
+        cfg.auth
+            .fill_from_environment(|name| std::env::var(name).ok());
         let base = path
             .parent()
             .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
@@ -559,13 +639,7 @@ impl Config {
     }
 
     fn resolve_paths(&mut self, base: &Path) {
-        for p in [
-            self.auth.client_secret_file.as_mut(),
-            self.auth.certificate_file.as_mut(),
-        ]
-        .into_iter()
-        .flatten()
-        {
+        for p in self.auth.files_mut() {
             if let Some(expanded) = expand_credentials_dir(p) {
                 *p = expanded;
             }
@@ -576,10 +650,7 @@ impl Config {
             }
         };
         abs(&mut self.state.database);
-        if let Some(p) = self.auth.client_secret_file.as_mut() {
-            abs(p);
-        }
-        if let Some(p) = self.auth.certificate_file.as_mut() {
+        for p in self.auth.files_mut() {
             abs(p);
         }
         for s in &mut self.sources {
@@ -594,6 +665,9 @@ impl Config {
     fn validate(&mut self) -> Result<(), Invalid> {
         self.auth.validate()?;
         check_url("cloud.login_url", &self.cloud.login_url())?;
+        if let Some(host) = &self.auth.authority_host {
+            check_url("AZURE_AUTHORITY_HOST", host)?;
+        }
         check_url("cloud.graph_url", &self.cloud.graph_url())?;
         self.upload.validate()?;
         self.image.validate()?;
@@ -632,26 +706,74 @@ fn invalid(key: &str, message: &str) -> Result<(), Invalid> {
 }
 
 impl AuthConfig {
+    /// The credential `[auth]` names; validation made sure there is exactly one
+    /// (`$PHOTOSYNC_CLIENT_SECRET` stands for a secret when none is named).
+    pub fn kind(&self) -> CredentialKind {
+        if self.certificate_file.is_some() {
+            CredentialKind::Certificate
+        } else if self.federated_token_file.is_some() {
+            CredentialKind::Federated
+        } else if self.is_managed_identity() {
+            CredentialKind::ManagedIdentity
+        } else {
+            CredentialKind::Secret
+        }
+    }
+
+    pub fn is_managed_identity(&self) -> bool {
+        self.managed_identity
+            || self.managed_identity_client_id.is_some()
+            || self.managed_identity_object_id.is_some()
+            || self.managed_identity_resource_id.is_some()
+    }
+
+    /// The tenant, once validated for a kind that needs it (empty for a managed identity).
+    pub fn tenant(&self) -> &str {
+        self.tenant_id.as_deref().unwrap_or("")
+    }
+
+    /// The app's client id, once validated for a kind that needs it.
+    pub fn client(&self) -> &str {
+        self.client_id.as_deref().unwrap_or("")
+    }
+
+    fn files_mut(&mut self) -> impl Iterator<Item = &mut PathBuf> {
+        [
+            self.client_secret_file.as_mut(),
+            self.certificate_file.as_mut(),
+            self.certificate_password_file.as_mut(),
+            self.federated_token_file.as_mut(),
+        ]
+        .into_iter()
+        .flatten()
+    }
+
+    /// With `credential = "environment"`, what the config leaves out comes from the
+    /// variables workload identity platforms set; what the config sets wins.
+    pub(crate) fn fill_from_environment(&mut self, var: impl Fn(&str) -> Option<String>) {
+        if self.credential != Some(CredentialFrom::Environment) {
+            return;
+        }
+        let var = |name: &str| var(name).filter(|v| !v.trim().is_empty());
+        self.tenant_id = self.tenant_id.take().or_else(|| var("AZURE_TENANT_ID"));
+        self.client_id = self.client_id.take().or_else(|| var("AZURE_CLIENT_ID"));
+        let named = self.client_secret.is_some()
+            || self.client_secret_file.is_some()
+            || self.certificate_file.is_some()
+            || self.is_managed_identity();
+        if self.federated_token_file.is_none() && !named {
+            self.federated_token_file = var("AZURE_FEDERATED_TOKEN_FILE").map(PathBuf::from);
+        }
+        self.authority_host = var("AZURE_AUTHORITY_HOST");
+    }
+
     fn validate(&self) -> Result<(), Invalid> {
-        if self.tenant_id.trim().is_empty() {
-            return invalid("auth.tenant_id", "must not be empty");
-        }
-        if matches!(
-            self.tenant_id.to_ascii_lowercase().as_str(),
-            "common" | "organizations" | "consumers"
-        ) {
-            return invalid(
-                "auth.tenant_id",
-                "app-only tokens need a specific tenant: use the tenant GUID or a verified domain, not `common`",
-            );
-        }
-        if self.client_id.trim().is_empty() {
-            return invalid("auth.client_id", "must not be empty");
-        }
         let creds = [
             self.client_secret.is_some(),
             self.client_secret_file.is_some(),
             self.certificate_file.is_some(),
+            self.federated_token_file.is_some(),
+            self.is_managed_identity(),
         ]
         .iter()
         .filter(|b| **b)
@@ -659,18 +781,38 @@ impl AuthConfig {
         if creds > 1 {
             return invalid(
                 "auth",
-                "set only one of client_secret, client_secret_file and certificate_file",
+                "set only one of client_secret, client_secret_file, certificate_file, federated_token_file and managed_identity",
             );
         }
         if creds == 0 && std::env::var_os("PHOTOSYNC_CLIENT_SECRET").is_none() {
             return invalid(
                 "auth",
-                "no credential: set client_secret_file, client_secret or certificate_file (or the PHOTOSYNC_CLIENT_SECRET environment variable)",
+                if self.credential.is_some() {
+                    "credential = \"environment\" but $AZURE_FEDERATED_TOKEN_FILE is not set, and [auth] names no other credential"
+                } else {
+                    "no credential: set client_secret_file, client_secret, certificate_file, federated_token_file or managed_identity (or the PHOTOSYNC_CLIENT_SECRET environment variable)"
+                },
+            );
+        }
+        if self.is_managed_identity() {
+            self.validate_managed_identity()?;
+        } else {
+            self.validate_app()?;
+        }
+        if self.certificate_password_file.is_some() && self.certificate_file.is_none() {
+            return invalid(
+                "auth.certificate_password_file",
+                "is the password of a PKCS#12 certificate_file, and none is set",
             );
         }
         for (key, p) in [
             ("auth.client_secret_file", &self.client_secret_file),
             ("auth.certificate_file", &self.certificate_file),
+            (
+                "auth.certificate_password_file",
+                &self.certificate_password_file,
+            ),
+            ("auth.federated_token_file", &self.federated_token_file),
         ] {
             if p.as_ref()
                 .is_some_and(|p| p.to_string_lossy().contains(CREDENTIALS_DIRECTORY))
@@ -678,6 +820,69 @@ impl AuthConfig {
                 return invalid(
                     key,
                     "uses ${CREDENTIALS_DIRECTORY} but that variable is not set (is LoadCredential= in the unit?)",
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// An app registration's credential needs its tenant and client id.
+    fn validate_app(&self) -> Result<(), Invalid> {
+        let from_env = |var: &str| {
+            if self.credential.is_some() {
+                format!("must not be empty (nor ${var}, with credential = \"environment\")")
+            } else {
+                "must not be empty".to_owned()
+            }
+        };
+        let tenant = self.tenant().trim();
+        if tenant.is_empty() {
+            return Err(("auth.tenant_id".into(), from_env("AZURE_TENANT_ID")));
+        }
+        if matches!(
+            tenant.to_ascii_lowercase().as_str(),
+            "common" | "organizations" | "consumers"
+        ) {
+            return invalid(
+                "auth.tenant_id",
+                "app-only tokens need a specific tenant: use the tenant GUID or a verified domain, not `common`",
+            );
+        }
+        if self.client().trim().is_empty() {
+            return Err(("auth.client_id".into(), from_env("AZURE_CLIENT_ID")));
+        }
+        Ok(())
+    }
+
+    fn validate_managed_identity(&self) -> Result<(), Invalid> {
+        let ids = [
+            &self.managed_identity_client_id,
+            &self.managed_identity_object_id,
+            &self.managed_identity_resource_id,
+        ];
+        if ids.iter().filter(|i| i.is_some()).count() > 1 {
+            return invalid(
+                "auth",
+                "name a user-assigned managed identity by one of managed_identity_client_id, managed_identity_object_id and managed_identity_resource_id",
+            );
+        }
+        if ids
+            .iter()
+            .any(|i| i.as_ref().is_some_and(|i| i.trim().is_empty()))
+        {
+            return invalid("auth", "a managed_identity_*_id must not be empty");
+        }
+        if let Some(url) = &self.managed_identity_endpoint {
+            let parsed = url::Url::parse(url).map_err(|e| {
+                (
+                    "auth.managed_identity_endpoint".to_owned(),
+                    format!("not a URL: {e}"),
+                )
+            })?;
+            if !matches!(parsed.scheme(), "http" | "https") {
+                return invalid(
+                    "auth.managed_identity_endpoint",
+                    "must be an http or https URL",
                 );
             }
         }
@@ -934,6 +1139,75 @@ key = "upn"
             .unwrap_err()
             .to_string();
         assert!(msg.contains("cloud.graph_url"), "{msg}");
+    }
+
+    fn auth_of(text: &str) -> AuthConfig {
+        toml::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn the_environment_fills_what_the_config_leaves_out_and_never_more() {
+        let env = |n: &str| {
+            Some(
+                match n {
+                    "AZURE_TENANT_ID" => "env-tenant",
+                    "AZURE_CLIENT_ID" => "env-client",
+                    "AZURE_FEDERATED_TOKEN_FILE" => {
+                        "/var/run/secrets/azure/tokens/azure-identity-token"
+                    }
+                    "AZURE_AUTHORITY_HOST" => "https://login.microsoftonline.us/",
+                    _ => return None,
+                }
+                .to_owned(),
+            )
+        };
+        let mut a = auth_of("credential = \"environment\"");
+        a.fill_from_environment(env);
+        assert_eq!(a.tenant(), "env-tenant");
+        assert_eq!(a.client(), "env-client");
+        assert_eq!(a.kind(), CredentialKind::Federated);
+        assert_eq!(
+            a.authority_host.as_deref(),
+            Some("https://login.microsoftonline.us/")
+        );
+        assert!(a.validate().is_ok());
+
+        let mut a = auth_of(
+            "credential = \"environment\"\nclient_id = \"mine\"\nclient_secret_file = \"s\"",
+        );
+        a.fill_from_environment(env);
+        assert_eq!(a.client(), "mine");
+        assert_eq!(a.kind(), CredentialKind::Secret);
+        assert!(a.federated_token_file.is_none());
+
+        let mut a = auth_of("client_secret_file = \"s\"");
+        a.fill_from_environment(env);
+        assert!(
+            a.tenant_id.is_none(),
+            "without credential = environment the variables are not read"
+        );
+        assert_eq!(a.validate().unwrap_err().0, "auth.tenant_id");
+    }
+
+    #[test]
+    fn one_credential_and_what_each_needs() {
+        let mi = auth_of("managed_identity = true");
+        assert_eq!(mi.kind(), CredentialKind::ManagedIdentity);
+        assert!(mi.validate().is_ok(), "no tenant or client id needed");
+        let two = auth_of("managed_identity_client_id = \"a\"\nmanaged_identity_object_id = \"b\"");
+        assert!(two.validate().unwrap_err().1.contains("one of"));
+        let both = auth_of("tenant_id = \"t\"\nclient_id = \"c\"\nfederated_token_file = \"f\"\nclient_secret_file = \"s\"");
+        assert!(both.validate().unwrap_err().1.contains("only one"));
+        let pw = auth_of("tenant_id = \"t\"\nclient_id = \"c\"\nclient_secret_file = \"s\"\ncertificate_password_file = \"p\"");
+        assert_eq!(
+            pw.validate().unwrap_err().0,
+            "auth.certificate_password_file"
+        );
+        let bad = auth_of("managed_identity = true\nmanaged_identity_endpoint = \"ftp://x\"");
+        assert_eq!(
+            bad.validate().unwrap_err().0,
+            "auth.managed_identity_endpoint"
+        );
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! handlers.
 
 use std::fmt;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -25,6 +26,12 @@ pub struct Config {
     /// A PEM certificate (other PEM blocks, such as a private key, are ignored). Client
     /// assertions must carry its thumbprint and verify against its RSA public key.
     pub certificate_pem: Option<String>,
+    /// Federated identity credentials: client assertions whose `iss` is not the client id
+    /// are checked against this issuer, subject and audience (not their signature).
+    pub federation: Option<Federation>,
+    /// A managed identity endpoint at `/metadata/identity/oauth2/token` (VM, or Arc with
+    /// [`ManagedIdentity::arc_key_dir`]).
+    pub managed_identity: Option<ManagedIdentity>,
     /// `expires_in` of issued tokens; after it, Graph calls with that token get 401.
     pub token_ttl: Duration,
     /// App roles put in the token's `roles` claim and enforced by the Graph endpoints.
@@ -52,6 +59,8 @@ impl Default for Config {
             client_id: "11111111-2222-3333-4444-555555555555".to_owned(),
             client_secret: Some("test-secret".to_owned()),
             certificate_pem: None,
+            federation: None,
+            managed_identity: None,
             token_ttl: Duration::from_secs(3600),
             roles: vec![
                 "ProfilePhoto.ReadWrite.All".to_owned(),
@@ -77,6 +86,8 @@ impl fmt::Debug for Config {
                 &self.client_secret.as_ref().map(|_| "<redacted>"),
             )
             .field("certificate_pem", &self.certificate_pem.is_some())
+            .field("federation", &self.federation)
+            .field("managed_identity", &self.managed_identity)
             .field("token_ttl", &self.token_ttl)
             .field("roles", &self.roles)
             .field("accept_any_target", &self.accept_any_target)
@@ -156,4 +167,28 @@ pub struct Photo {
     /// Dimensions read from the JPEG SOF / PNG IHDR header, 648 when unreadable.
     pub width: u32,
     pub height: u32,
+}
+
+/// A federated identity credential of the app registration.
+#[derive(Clone, Debug, Default)]
+pub struct Federation {
+    pub issuer: String,
+    pub subject: String,
+    pub audience: String,
+    /// The first this many federated assertions are refused with AADSTS70021, as Entra does
+    /// for a few minutes after a federated credential was added.
+    pub propagation_refusals: u32,
+}
+
+/// The machine's managed identity.
+#[derive(Clone, Debug, Default)]
+pub struct ManagedIdentity {
+    /// Arc: a request without `Authorization` gets 401 naming a fresh `.key` file written in
+    /// this folder; the request repeated with `Authorization: Basic <its content>` gets the
+    /// token. `None`: the VM metadata endpoint, which needs only `Metadata: true`.
+    pub arc_key_dir: Option<PathBuf>,
+    /// Names this path in the Arc challenge instead of the written file (for refusals).
+    pub arc_realm: Option<PathBuf>,
+    /// Ids (client, object or resource) of user-assigned identities; any other is unknown.
+    pub user_assigned: Vec<String>,
 }

@@ -54,4 +54,5 @@ pub(crate) async fn reset_stats(State(shared): State<Arc<Shared>>) -> Response {
 pub(crate) fn reset(shared: &Shared) {
     *lock(&shared.stats) = Stats::new(std::time::Instant::now());
     lock(&shared.records).clear();
+    lock(&shared.token_requests).clear();
 }

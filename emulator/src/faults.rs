@@ -183,6 +183,13 @@ pub enum Fault {
         code: String,
         retry_after: Option<RetryAfter>,
     },
+    /// Answer `status` with exactly this body and content type (a proxy's page, a token
+    /// answer without a usable token).
+    Body {
+        status: u16,
+        content_type: String,
+        body: String,
+    },
     /// Drop the TCP connection with a reset; the client gets no response.
     Reset,
     /// Wait this long, then handle the request normally.

@@ -91,7 +91,7 @@ pub(crate) fn dispatch(shared: &Shared, ctx: &Ctx, req: &GraphRequest<'_>) -> Re
             "Request_BadRequest",
             "The HTTP method is not supported on this resource.",
         ),
-        Route::Token { .. } | Route::NotFound => {
+        Route::Token { .. } | Route::ManagedIdentity | Route::NotFound => {
             Reply::new(StatusCode::NOT_FOUND, ReplyBody::Text("Not Found"))
         }
     }

@@ -195,6 +195,18 @@ fn scripted_status(
     reply.retry_after(retry_after)
 }
 
+fn record_token_request(shared: &Shared, raw_path: &str, headers: &HeaderMap, body: &[u8]) {
+    let rec = crate::record::TokenRequest {
+        path: raw_path.to_owned(),
+        form: form_urlencoded::parse(body).into_owned().collect(),
+        headers: headers
+            .iter()
+            .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
+            .collect(),
+    };
+    lock(&shared.token_requests).push(rec);
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn respond(
     shared: &Shared,
@@ -229,6 +241,14 @@ async fn respond(
             code,
             retry_after,
         }) => return scripted_status(ctx, kind, status, &code, retry_after),
+        Some(Fault::Body {
+            status,
+            content_type,
+            body,
+        }) => {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+            return Reply::new(status, ReplyBody::Bytes(Bytes::from(body), content_type));
+        }
         Some(Fault::Reset) => return Reply::drop_connection(),
         Some(Fault::Stall(d)) => tokio::time::sleep(d).await,
         None => {}
@@ -237,6 +257,13 @@ async fn respond(
         tokio::time::sleep(latency).await;
     }
 
+    if kind == RequestKind::Token && shared.config.record_requests {
+        record_token_request(shared, raw_path, headers, &body.bytes);
+    }
+    if *route == Route::ManagedIdentity {
+        let query = raw_path.split_once('?').map_or("", |(_, q)| q);
+        return crate::identity::handle(shared, ctx, method, query, headers);
+    }
     if let Route::Token { tenant } = route {
         let host = header_str(headers, "host");
         let path = raw_path.split('?').next().unwrap_or(raw_path);

@@ -26,6 +26,7 @@ mod faults;
 mod filter;
 mod graph;
 mod handler;
+mod identity;
 mod record;
 mod reply;
 mod route;
@@ -43,10 +44,10 @@ use tokio::task::JoinHandle;
 
 pub use bytes::Bytes;
 
-pub use crate::config::{Config, Photo, User};
+pub use crate::config::{Config, Federation, ManagedIdentity, Photo, User};
 pub use crate::faults::{Fault, FaultRule, Faults, Match, RetryAfter};
 pub use crate::graph::MAX_PHOTO_BYTES;
-pub use crate::record::{Recorded, RequestKind};
+pub use crate::record::{Recorded, RequestKind, TokenRequest};
 
 use crate::directory::{contact_canonical, TargetRef};
 use crate::state::{lock, Shared};
@@ -243,6 +244,12 @@ impl Emulator {
     /// Drops all queued scripted faults.
     pub fn clear_fault_rules(&self) {
         lock(&self.shared().faults).clear_rules();
+    }
+
+    /// The token requests received (token endpoint and managed identity endpoint), with their
+    /// form fields and headers, when [`Config::record_requests`] is on.
+    pub fn token_requests(&self) -> Vec<TokenRequest> {
+        lock(&self.shared().token_requests).clone()
     }
 
     /// Access tokens issued since start (or the last stats reset).

@@ -38,9 +38,31 @@ struct Args {
     /// Default "test-secret" unless --certificate is given.
     #[arg(long)]
     client_secret: Option<String>,
-    /// PEM certificate whose RSA key verifies client assertions.
+    /// Certificate whose RSA key verifies client assertions: a PEM file, or a PKCS#12
+    /// (`.pfx`) file, of which the certificate of its private key is registered.
     #[arg(long)]
     certificate: Option<PathBuf>,
+    /// The password of a PKCS#12 --certificate (none: no password).
+    #[arg(long, requires = "certificate")]
+    certificate_password: Option<String>,
+    /// Accept federated assertions (workload identity) with this issuer; needs
+    /// --federated-subject and --federated-audience.
+    #[arg(long, requires_all = ["federated_subject", "federated_audience"])]
+    federated_issuer: Option<String>,
+    #[arg(long)]
+    federated_subject: Option<String>,
+    #[arg(long)]
+    federated_audience: Option<String>,
+    /// Serve a managed identity endpoint at /metadata/identity/oauth2/token: `vm` (the
+    /// instance metadata service) or `arc` (the Arc agent's challenge; needs --arc-key-dir).
+    #[arg(long, value_enum)]
+    managed_identity: Option<ManagedKind>,
+    /// With --managed-identity arc: the folder the challenge's key files are written in.
+    #[arg(long, requires = "managed_identity")]
+    arc_key_dir: Option<PathBuf>,
+    /// With --managed-identity: ids of user-assigned identities the endpoint knows.
+    #[arg(long, requires = "managed_identity")]
+    user_assigned: Vec<String>,
     /// Lifetime of issued tokens (humantime: 3600s, 5m).
     #[arg(long, default_value = "3600s", value_parser = humantime::parse_duration)]
     token_ttl: Duration,
@@ -93,6 +115,12 @@ struct Args {
     /// Seed of the random faults.
     #[arg(long, default_value_t = 0)]
     fault_seed: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ManagedKind {
+    Vm,
+    Arc,
 }
 
 #[derive(Deserialize)]
@@ -159,12 +187,35 @@ fn main() -> ExitCode {
     }
 }
 
+/// A PEM file as it is; of a PKCS#12 file, the certificate whose bag carries the private
+/// key's local key id (the first certificate if none does), as PEM.
+fn read_certificate(path: &std::path::Path, password: &str) -> Result<String> {
+    let bytes =
+        std::fs::read(path).with_context(|| format!("reading certificate {}", path.display()))?;
+    if bytes.trim_ascii_start().starts_with(b"-----BEGIN") {
+        return Ok(String::from_utf8_lossy(&bytes).into_owned());
+    }
+    let archive = p12_keystore::Pkcs12Archive::from_pkcs12(&bytes, password)
+        .map_err(|e| anyhow::anyhow!("reading PKCS#12 certificate {}: {e}", path.display()))?;
+    let key_id = archive.keys.first().and_then(|k| k.local_key_id.as_ref());
+    let bag = archive
+        .certs
+        .iter()
+        .find(|c| key_id.is_some_and(|id| c.local_key_id.as_deref() == Some(id.as_ref())))
+        .or_else(|| archive.certs.first())
+        .with_context(|| format!("{} holds no certificate", path.display()))?;
+    Ok(pem::encode(&pem::Pem::new(
+        "CERTIFICATE",
+        bag.cert.as_der().to_vec(),
+    )))
+}
+
 fn prepare(args: &Args) -> Result<(Config, Faults, Option<Seed>)> {
     let certificate_pem = match &args.certificate {
-        Some(path) => Some(
-            std::fs::read_to_string(path)
-                .with_context(|| format!("reading certificate {}", path.display()))?,
-        ),
+        Some(path) => Some(read_certificate(
+            path,
+            args.certificate_password.as_deref().unwrap_or(""),
+        )?),
         None => None,
     };
     let client_secret = match (&args.client_secret_file, &args.client_secret) {
@@ -204,6 +255,25 @@ fn prepare(args: &Args) -> Result<(Config, Faults, Option<Seed>)> {
         client_id: args.client_id.clone(),
         client_secret,
         certificate_pem,
+        federation: args
+            .federated_issuer
+            .clone()
+            .map(|issuer| graph_emulator::Federation {
+                issuer,
+                subject: args.federated_subject.clone().unwrap_or_default(),
+                audience: args.federated_audience.clone().unwrap_or_default(),
+                propagation_refusals: 0,
+            }),
+        managed_identity: args
+            .managed_identity
+            .map(|kind| graph_emulator::ManagedIdentity {
+                arc_key_dir: args
+                    .arc_key_dir
+                    .clone()
+                    .filter(|_| kind == ManagedKind::Arc),
+                arc_realm: None,
+                user_assigned: args.user_assigned.clone(),
+            }),
         token_ttl: args.token_ttl,
         roles: args.roles.clone(),
         accept_any_target: args.accept_any_target,

@@ -75,6 +75,15 @@ impl fmt::Display for RequestKind {
     }
 }
 
+/// A token request as received: every form field (secrets included: the emulator is a test
+/// tool, and this is only kept when requests are recorded) and the request's headers.
+#[derive(Clone, Debug)]
+pub struct TokenRequest {
+    pub path: String,
+    pub form: BTreeMap<String, String>,
+    pub headers: BTreeMap<String, String>,
+}
+
 /// One request as the emulator saw and answered it.
 #[derive(Clone, Debug)]
 pub struct Recorded {

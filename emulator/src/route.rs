@@ -20,6 +20,8 @@ pub(crate) enum Route {
     Token {
         tenant: String,
     },
+    /// `/metadata/identity/oauth2/token`: the managed identity endpoint.
+    ManagedIdentity,
     /// `.../photo` (`value: false`) or `.../photo/$value`.
     Photo {
         target: TargetRef,
@@ -40,7 +42,7 @@ pub(crate) enum Route {
 impl Route {
     pub fn kind(&self, method: &str) -> RequestKind {
         match (self, method) {
-            (Route::Token { .. }, _) => RequestKind::Token,
+            (Route::Token { .. } | Route::ManagedIdentity, _) => RequestKind::Token,
             (Route::Photo { value: true, .. }, "PUT") => RequestKind::PhotoPut,
             (Route::Photo { value: true, .. }, "PATCH") => RequestKind::PhotoPatch,
             (Route::Photo { value: true, .. }, "GET") => RequestKind::PhotoGet,
@@ -105,6 +107,14 @@ pub(crate) fn parse_path(path: &str) -> Route {
             Ok(tenant) => Route::Token { tenant },
             Err(_) => Route::NotFound,
         };
+    }
+    if raw.len() == 4
+        && raw[0].eq_ignore_ascii_case("metadata")
+        && raw[1].eq_ignore_ascii_case("identity")
+        && raw[2].eq_ignore_ascii_case("oauth2")
+        && raw[3].eq_ignore_ascii_case("token")
+    {
+        return Route::ManagedIdentity;
     }
     let Some((version, rest)) = raw.split_first() else {
         return Route::NotFound;

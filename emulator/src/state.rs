@@ -22,7 +22,7 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 use crate::config::Config;
 use crate::directory::Directory;
 use crate::faults::FaultState;
-use crate::record::{Recorded, Stats};
+use crate::record::{Recorded, Stats, TokenRequest};
 
 /// The registered certificate, as the assertion check needs it.
 pub(crate) struct CertKey {
@@ -49,6 +49,11 @@ pub(crate) struct Shared {
     /// Issued access tokens and when each expires.
     pub tokens: Mutex<HashMap<String, Instant>>,
     pub records: Mutex<Vec<Recorded>>,
+    pub token_requests: Mutex<Vec<TokenRequest>>,
+    /// Federated assertions still to refuse with AADSTS70021.
+    pub propagating: Mutex<u32>,
+    /// Arc challenge keys handed out and not yet used, and their files.
+    pub arc_keys: Mutex<Vec<(String, std::path::PathBuf)>>,
     pub stats: Mutex<Stats>,
     pub photo_source: Mutex<String>,
     pub in_flight: AtomicUsize,
@@ -84,6 +89,10 @@ impl Shared {
         rand::thread_rng().fill_bytes(&mut key);
         let started = Instant::now();
         let photo_source = config.photo_update_source.clone();
+        let propagating = config
+            .federation
+            .as_ref()
+            .map_or(0, |f| f.propagation_refusals);
         Ok(Shared {
             config,
             url,
@@ -96,6 +105,9 @@ impl Shared {
             faults: Mutex::new(FaultState::new()),
             tokens: Mutex::new(HashMap::new()),
             records: Mutex::new(Vec::new()),
+            token_requests: Mutex::new(Vec::new()),
+            propagating: Mutex::new(propagating),
+            arc_keys: Mutex::new(Vec::new()),
             stats: Mutex::new(Stats::new(started)),
             photo_source: Mutex::new(photo_source),
             in_flight: AtomicUsize::new(0),

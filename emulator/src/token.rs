@@ -177,6 +177,13 @@ fn normalize_thumbprint(t: &str) -> String {
 
 fn check_assertion(shared: &Shared, assertion: &str, expected_aud: &str) -> Result<(), Denied> {
     let header = jsonwebtoken::decode_header(assertion).map_err(|_| malformed())?;
+    let unverified = unverified_claims(assertion).ok_or_else(malformed)?;
+    let iss = unverified.get("iss").and_then(Value::as_str).unwrap_or("");
+    if let Some(fed) = &shared.config.federation {
+        if !iss.eq_ignore_ascii_case(&shared.config.client_id) {
+            return check_federated(shared, fed, &unverified);
+        }
+    }
     let Some(cert) = &shared.cert else {
         return Err(bad_signature(
             "Client assertion contains an invalid signature. [Reason - The key was not found.] No certificate is registered on the application.",
@@ -284,7 +291,105 @@ fn check_assertion(shared: &Shared, assertion: &str, expected_aud: &str) -> Resu
     Ok(())
 }
 
+/// The payload of a JWT, unverified.
+fn unverified_claims(jwt: &str) -> Option<Value> {
+    use base64::Engine as _;
+    let payload = jwt.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+fn no_federated_match(code: u32, what: &str, value: &str) -> Denied {
+    Denied(
+        StatusCode::BAD_REQUEST,
+        "invalid_client",
+        code,
+        format!("No matching federated identity record found for presented assertion {what} '{value}'. Please note that the matching is done using a case-sensitive comparison. Check your federated identity credential Subject, Audience and Issuer against the presented assertion."),
+    )
+}
+
+/// A platform-issued token presented as the client assertion, matched the way Entra matches
+/// it against a federated identity credential (the issuer's signature is not checked).
+fn check_federated(
+    shared: &Shared,
+    fed: &crate::config::Federation,
+    claims: &Value,
+) -> Result<(), Denied> {
+    {
+        let mut left = lock(&shared.propagating);
+        if *left > 0 {
+            *left -= 1;
+            return Err(Denied(
+                StatusCode::BAD_REQUEST,
+                "invalid_client",
+                70_021,
+                "No matching federated identity record found for presented assertion.".to_owned(),
+            ));
+        }
+    }
+    let text = |c: &str| {
+        claims
+            .get(c)
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned()
+    };
+    let (iss, sub) = (text("iss"), text("sub"));
+    let aud_ok = match claims.get("aud") {
+        Some(Value::String(a)) => *a == fed.audience,
+        Some(Value::Array(list)) => list
+            .iter()
+            .any(|a| a.as_str() == Some(fed.audience.as_str())),
+        _ => false,
+    };
+    if iss != fed.issuer {
+        return Err(no_federated_match(700_211, "issuer", &iss));
+    }
+    if !aud_ok {
+        let aud = claims.get("aud").map(Value::to_string).unwrap_or_default();
+        return Err(no_federated_match(
+            700_212,
+            "audience",
+            aud.trim_matches('"'),
+        ));
+    }
+    if sub != fed.subject {
+        return Err(no_federated_match(700_213, "subject", &sub));
+    }
+    let exp = claims.get("exp").and_then(Value::as_u64).unwrap_or(0);
+    if exp + SKEW <= unix_now() {
+        return Err(Denied(
+            StatusCode::BAD_REQUEST,
+            "invalid_client",
+            700_024,
+            "Client assertion is not within its valid time range.".to_owned(),
+        ));
+    }
+    Ok(())
+}
+
 fn issue(shared: &Shared) -> Reply {
+    match issue_token(shared) {
+        Some((token, secs)) => Reply::json(
+            StatusCode::OK,
+            json!({
+                "token_type": "Bearer",
+                "expires_in": secs,
+                "ext_expires_in": secs,
+                "access_token": token,
+            }),
+        ),
+        None => Reply::json(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            json!({"error": "server_error"}),
+        ),
+    }
+}
+
+/// A new access token the Graph endpoints accept, and its lifetime in seconds.
+pub(crate) fn issue_token(shared: &Shared) -> Option<(String, u64)> {
     let cfg = &shared.config;
     let now = unix_now();
     let ttl = cfg.token_ttl;
@@ -314,10 +419,7 @@ fn issue(shared: &Shared) -> Reply {
         Ok(t) => t,
         Err(e) => {
             tracing::error!(error = %e, "access token encoding failed");
-            return Reply::json(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                json!({"error": "server_error"}),
-            );
+            return None;
         }
     };
     let issued = Instant::now();
@@ -329,16 +431,7 @@ fn issue(shared: &Shared) -> Reply {
         tokens.insert(token.clone(), issued + ttl);
     }
     lock(&shared.stats).token_issued();
-    let secs = ttl.as_secs();
-    Reply::json(
-        StatusCode::OK,
-        json!({
-            "token_type": "Bearer",
-            "expires_in": secs,
-            "ext_expires_in": secs,
-            "access_token": token,
-        }),
-    )
+    Some((token, ttl.as_secs()))
 }
 
 /// Why a bearer token was refused, as Graph words it.

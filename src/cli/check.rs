@@ -132,7 +132,28 @@ async fn check_graph(cfg: &Config, r: &mut Report) {
         Err(crate::graph::ConnectError::Http(e)) => return r.fail("http client", &e.to_string()),
         Err(crate::graph::ConnectError::Auth(e)) => return r.fail("credentials", &e.to_string()),
     };
-    let token = match graph.tokens().token().await {
+    let tokens = graph.tokens();
+    r.ok(
+        &format!("credentials ({})", cfg.auth.kind().as_str()),
+        &tokens.describe(),
+    );
+    let expiring = tokens
+        .credential_expires_at()
+        .filter(|_| cfg.auth.kind() == crate::config::CredentialKind::Certificate);
+    if let Some(at) = expiring {
+        if let Ok(left) = at.duration_since(SystemTime::now()) {
+            if left < Duration::from_secs(14 * 24 * 3600) {
+                r.warn(
+                    "credential expiry",
+                    &format!(
+                        "the credential expires in {}: renew it",
+                        humantime::format_duration(Duration::from_secs(left.as_secs()))
+                    ),
+                );
+            }
+        }
+    }
+    let token = match tokens.token().await {
         Ok(t) => t,
         Err(e) => return r.fail("token", &e.to_string()),
     };
@@ -155,10 +176,13 @@ fn token_summary(cfg: &Config, token: &AccessToken) -> String {
             |d| humantime::format_duration(Duration::from_secs(d.as_secs())).to_string(),
         );
     let roles = token.roles();
+    let whose = if cfg.auth.is_managed_identity() {
+        "managed identity".to_owned()
+    } else {
+        format!("tenant {}, app {}", cfg.auth.tenant(), cfg.auth.client())
+    };
     format!(
-        "tenant {}, app {}, expires in {left}, roles: {}",
-        cfg.auth.tenant_id,
-        cfg.auth.client_id,
+        "{whose}, expires in {left}, roles: {}",
         if roles.is_empty() {
             "(none)".to_owned()
         } else {

@@ -89,7 +89,10 @@ where
         };
         match e.class() {
             ErrorClass::Fatal => {
-                tracing::error!(error = %e, "fatal error; stopping");
+                // Once: the other workers meet the same error as the run stops.
+                if !deps.cancel.is_cancelled() {
+                    tracing::error!(error = %e, "fatal error; stopping");
+                }
                 deps.cancel.cancel();
                 return Sent::Fatal(e);
             }

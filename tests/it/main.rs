@@ -4,6 +4,7 @@
 
 mod backfill;
 mod crash;
+mod credentials;
 mod daemon;
 mod disk;
 mod faults;

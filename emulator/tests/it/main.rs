@@ -4,6 +4,7 @@
 
 mod faults;
 mod helpers;
+mod identity;
 mod photos;
 mod token;
 mod users;
