@@ -11,5 +11,7 @@ mod fuzz;
 mod helpers;
 mod identity;
 mod image;
+mod json;
 mod operator;
 mod soak;
+mod tty;
