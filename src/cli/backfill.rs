@@ -97,16 +97,27 @@ pub async fn run(config: &Path, args: Args, interactive: bool) -> u8 {
     report.finish(args.report.as_deref()).await;
     let stopped = pass.stopped();
     let code = pass.exit_code(shutdown, &stats);
+    print_end(&stats, &args, started.elapsed(), stopped, code);
+    code
+}
+
+/// The summary: the last JSON line, or the human lines.
+fn print_end(
+    stats: &Stats,
+    args: &Args,
+    elapsed: Duration,
+    stopped: Option<&'static str>,
+    code: u8,
+) {
     if args.json {
-        let mut summary = json::Summary::of(&stats, started.elapsed(), args.dry_run);
+        let mut summary = json::Summary::of(stats, elapsed, args.dry_run);
         summary.stopped = stopped;
         summary.exit_code = code;
         json::line("summary", &summary);
     } else {
         print_budget(stopped);
-        print::summary(&stats, started.elapsed(), args.dry_run);
+        print::summary(stats, elapsed, args.dry_run);
     }
-    code
 }
 
 /// The ledger: opened read-only for a dry run (`None` when there is none yet).

@@ -2,7 +2,8 @@
 //! says what to do next. It never overwrites a configuration: the one file it replaces is the
 //! package's commented example, which holds no setting at all.
 
-use std::io::Write;
+use std::fmt::Write as _;
+use std::io::Write as _;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
@@ -103,8 +104,8 @@ pub fn render(args: &Args) -> String {
         (None, None) => String::new(),
     };
     let mut out = format!(
-        "# Written by `photosync init`. Every other key and its default: man photosync, or the\n\
-         # packaged example (/usr/share/doc/photosync/config.example.toml).\n\n\
+        "# Written by `photosync init`: only what differs from the defaults. Every key, with\n\
+         # what it does: /usr/share/doc/photosync/config.example.toml.\n\n\
          [auth]\ntenant_id = {}\nclient_id = {}\n{credential}\n\n\
          [state]\ndatabase = {}\n",
         quote(&args.tenant),
@@ -118,10 +119,11 @@ pub fn render(args: &Args) -> String {
     ];
     for (root, target, key) in sources {
         if let Some(root) = root {
-            out.push_str(&format!(
+            let _ = write!(
+                out,
                 "\n[[source]]\nroot = {}\ntarget = \"{target}\"\nkey = \"{key}\"\n",
                 path(root)
-            ));
+            );
         }
     }
     out
@@ -140,10 +142,9 @@ pub fn write(config: &Path, text: &str) -> Result<(), InitError> {
     }
     let replace = match std::fs::read_to_string(config) {
         Ok(existing) if holds_no_setting(&existing) => true,
-        Ok(_) => return Err(InitError::Exists(config.to_owned())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
-        // Unreadable: it exists, and may well be a configuration.
-        Err(_) => return Err(InitError::Exists(config.to_owned())),
+        // A configuration, or unreadable (it exists, and may well be one).
+        _ => return Err(InitError::Exists(config.to_owned())),
     };
     // Written beside it and renamed, so a reader never sees half a file, and the mode is
     // 0600 from the first byte whatever the umask.
@@ -205,7 +206,7 @@ fn print_next_steps(config: &Path) {
     println!("wrote {} (mode 0600)", config.display());
     println!("next:");
     for (command, why) in steps {
-        println!("  {command:<56} # {why}");
+        println!("  {command:<60} # {why}");
     }
     // The units run as a transient user that cannot read a root-only credential file.
     println!(
@@ -282,8 +283,11 @@ mod tests {
                 }
                 _ => l,
             })
-            .map(|l| format!("{l}\n"))
-            .collect::<String>()
+            .fold(String::new(), |mut text, l| {
+                text.push_str(l);
+                text.push('\n');
+                text
+            })
             // What systemd's LoadCredential= sets in the unit.
             .replace(
                 "${CREDENTIALS_DIRECTORY}",

@@ -3,7 +3,6 @@
 //! `{"type":"status",…}` lines for `--json`. Read-only: it looks at [`Stats`].
 
 use std::future::Future;
-use std::io::Write as _;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 

@@ -48,12 +48,7 @@ pub async fn run(config: &Path, args: Args) -> u8 {
         Err(code) => return code,
     };
     let stats = Arc::new(Stats::default());
-    // The repair's uploads are item lines too.
-    let items = args.json.then(|| {
-        let (sink, task) = json::items(None);
-        stats.report_to(sink);
-        task
-    });
+    let items = args.json.then(|| item_lines(&stats));
     let cancel = tokio_util::sync::CancellationToken::new();
     super::stop_on_signals(cancel.clone());
     let engine = match Engine::start(&cfg, Some(ledger.clone()), false, stats.clone(), cancel) {
@@ -85,23 +80,26 @@ pub async fn run(config: &Path, args: Args) -> u8 {
     if let Some(task) = items {
         let _ = task.await;
     }
-    let shut_down = shutdown.map_err(|e| eprintln!("error: {e}")).is_ok();
-    if !shut_down {
-        code = exit::FATAL;
-    }
+    let stopped_cleanly = shutdown.map_err(|e| eprintln!("error: {e}")).is_ok();
+    code = if stopped_cleanly { code } else { exit::FATAL };
     let repaired = args.repair.then(|| Stats::get(&stats.uploaded));
-    if code == exit::OK {
-        let unrepaired = !args.repair && tally.drift > 0;
-        if unrepaired || tally.unknown > 0 || Stats::get(&stats.failed) > 0 {
-            code = exit::ITEMS_FAILED;
-        }
+    let unrepaired = !args.repair && tally.drift > 0;
+    if code == exit::OK && (unrepaired || tally.unknown > 0 || Stats::get(&stats.failed) > 0) {
+        code = exit::ITEMS_FAILED;
     }
     if args.json {
         json::line("summary", &tally.summary(total, repaired, &stats, code));
-    } else if shut_down {
+    } else if stopped_cleanly {
         tally.print(total, repaired);
     }
     code
+}
+
+/// The repair's uploads are item lines too.
+fn item_lines(stats: &Stats) -> tokio::task::JoinHandle<()> {
+    let (sink, task) = json::items(None);
+    stats.report_to(sink);
+    task
 }
 
 /// Plans the drifted photos' files again (their targets are pending now) and uploads them.
