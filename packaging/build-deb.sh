@@ -20,4 +20,6 @@ gzip -9n "$gen"/man/*.1
 "$bin" completions zsh >"$gen/completions/_photosync"
 "$bin" completions fish >"$gen/completions/photosync.fish"
 
-cargo deb -p photosync --no-build --locked "$@" | tail -n 1
+# --dbgsym: the binary is stripped (5 MB instead of 120), its line tables go to a second
+# package, photosync-dbgsym_*.ddeb, for symbolising a backtrace.
+cargo deb -p photosync --no-build --locked --dbgsym "$@" | grep '\.deb$' | tail -n 1
