@@ -50,6 +50,12 @@ pub struct Sink {
 }
 
 impl Sink {
+    /// A sink whose rows arrive on the receiver instead of in a file (`backfill --json`).
+    pub fn channel() -> (Sink, mpsc::UnboundedReceiver<Row>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (Sink { tx }, rx)
+    }
+
     pub fn row(&self, row: Row) {
         // The writer only stops on an I/O error, which `Writer::finish` reports.
         let _ = self.tx.send(row);

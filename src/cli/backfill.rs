@@ -10,7 +10,8 @@ use crate::engine::{Engine, EngineError, Order, PassOptions};
 use crate::ledger::Ledger;
 use crate::stats::Stats;
 
-use super::{exit, print};
+use super::progress::Monitor;
+use super::{exit, json, print};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -36,6 +37,11 @@ pub struct Args {
     /// there. Uploads in flight finish (within upload.shutdown_grace).
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub max_duration: Option<Duration>,
+
+    /// JSON lines on stdout instead of the summary: status lines (at most once a second), one
+    /// item per photo acted on or failed, and a final summary. Stable; see the README.
+    #[arg(long)]
+    pub json: bool,
 }
 
 pub async fn run(config: &Path, args: Args, interactive: bool) -> u8 {
@@ -48,7 +54,7 @@ pub async fn run(config: &Path, args: Args, interactive: bool) -> u8 {
         Err(code) => return code,
     };
     let stats = Arc::new(Stats::default());
-    let report = match start_report(args.report.as_deref(), &stats) {
+    let report = match start_report(args.report.as_deref(), &stats, args.json) {
         Ok(r) => r,
         Err(code) => return code,
     };
@@ -72,26 +78,46 @@ pub async fn run(config: &Path, args: Args, interactive: bool) -> u8 {
         }
     };
     let started = Instant::now();
-    let progress = interactive.then(|| progress_bar(stats.clone()));
-    let previews = engine.previews().map(print::previews);
-    let pass = sync(&engine, &args, &cancel).await;
+    let mut monitor = Monitor::new(stats.clone(), interactive, args.json);
+    // With --json the plan is in the item lines; the human form would break them.
+    let previews = engine
+        .previews()
+        .filter(|_| !args.json)
+        .map(print::previews);
+    let pass = sync(&engine, &args, &cancel, &mut monitor).await;
     let shutdown = engine.shutdown(cfg.upload.shutdown_grace).await;
     if let Some(l) = ledger {
         l.close().await;
     }
-    stop(progress).await;
+    monitor.finish();
     if let Some(p) = previews {
         let _ = p.await;
     }
     stats.end_report();
-    if let (Some(w), Some(path)) = (report, args.report.as_deref()) {
-        match w.finish().await {
-            Ok(rows) => eprintln!("report: {rows} rows written to {}", path.display()),
-            Err(e) => eprintln!("error: {e}"),
-        }
+    report.finish(args.report.as_deref()).await;
+    let stopped = pass.stopped();
+    let code = pass.exit_code(shutdown, &stats);
+    print_end(&stats, &args, started.elapsed(), stopped, code);
+    code
+}
+
+/// The summary: the last JSON line, or the human lines.
+fn print_end(
+    stats: &Stats,
+    args: &Args,
+    elapsed: Duration,
+    stopped: Option<&'static str>,
+    code: u8,
+) {
+    if args.json {
+        let mut summary = json::Summary::of(stats, elapsed, args.dry_run);
+        summary.stopped = stopped;
+        summary.exit_code = code;
+        json::line("summary", &summary);
+    } else {
+        print_budget(stopped);
+        print::summary(stats, elapsed, args.dry_run);
     }
-    print::summary(&stats, started.elapsed(), args.dry_run);
-    pass.exit_code(shutdown, &stats)
 }
 
 /// The ledger: opened read-only for a dry run (`None` when there is none yet).
@@ -107,17 +133,51 @@ async fn open_ledger(path: &Path, dry_run: bool) -> Result<Option<Ledger>, u8> {
     })
 }
 
-/// Starts the per-item report, when one was asked for.
-fn start_report(path: Option<&Path>, stats: &Stats) -> Result<Option<crate::report::Writer>, u8> {
-    let Some(path) = path else { return Ok(None) };
-    match crate::report::create(path) {
-        Ok((sink, writer)) => {
-            stats.report_to(sink);
-            Ok(Some(writer))
+/// Where the per-item rows go: a report file, `--json` item lines, both, or nowhere.
+#[derive(Default)]
+struct Reporting {
+    file: Option<crate::report::Writer>,
+    json: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// Starts the per-item report and the item lines, when they were asked for.
+fn start_report(path: Option<&Path>, stats: &Stats, json: bool) -> Result<Reporting, u8> {
+    let mut out = Reporting::default();
+    let mut sink = None;
+    if let Some(path) = path {
+        match crate::report::create(path) {
+            Ok((s, writer)) => {
+                sink = Some(s);
+                out.file = Some(writer);
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                return Err(exit::USAGE);
+            }
         }
-        Err(e) => {
-            eprintln!("error: {e}");
-            Err(exit::USAGE)
+    }
+    if json {
+        let (s, task) = json::items(sink.take());
+        sink = Some(s);
+        out.json = Some(task);
+    }
+    if let Some(s) = sink {
+        stats.report_to(s);
+    }
+    Ok(out)
+}
+
+impl Reporting {
+    /// Waits for every row to be printed and written (the sinks must be dropped already).
+    async fn finish(self, path: Option<&Path>) {
+        if let Some(task) = self.json {
+            let _ = task.await;
+        }
+        if let (Some(w), Some(path)) = (self.file, path) {
+            match w.finish().await {
+                Ok(rows) => eprintln!("report: {rows} rows written to {}", path.display()),
+                Err(e) => eprintln!("error: {e}"),
+            }
         }
     }
 }
@@ -136,6 +196,7 @@ async fn sync(
     engine: &Engine,
     args: &Args,
     cancel: &tokio_util::sync::CancellationToken,
+    monitor: &mut Monitor,
 ) -> PassEnd {
     let budgeted = args.max_uploads.is_some() || args.max_duration.is_some();
     let opts = PassOptions {
@@ -159,8 +220,10 @@ async fn sync(
         })
     });
     let mut budget_reached = false;
-    let mut result = engine.plan_pass(opts).await.map(|report| {
+    let planned = monitor.around(engine, engine.plan_pass(opts)).await;
+    let mut result = planned.map(|report| {
         budget_reached = report.budget_reached;
+        monitor.walked(Stats::get(&engine.stats().files) + report.deletions as u64);
         if report.deletions_refused > 0 {
             eprintln!(
                 "warning: {} photo deletions refused by the safety limit (sync.max_deletes_per_pass)",
@@ -169,7 +232,7 @@ async fn sync(
         }
     });
     if result.is_ok() {
-        result = engine.drain().await;
+        result = monitor.around(engine, engine.drain()).await;
     }
     stop(timer).await;
     let out_of_time = out_of_time.load(Ordering::SeqCst);
@@ -182,17 +245,20 @@ async fn sync(
 }
 
 impl PassEnd {
-    fn exit_code(self, shutdown: Result<(), EngineError>, stats: &Stats) -> u8 {
-        if self.budget_reached || self.out_of_time {
-            println!(
-                "budget reached ({}): stopped cleanly; the next run goes on with the photos not yet uploaded",
-                if self.out_of_time {
-                    "--max-duration"
-                } else {
-                    "--max-uploads"
-                }
-            );
+    /// Why the pass ended early, as `--json` names it.
+    fn stopped(&self) -> Option<&'static str> {
+        if self.out_of_time {
+            Some("max_duration")
+        } else if self.budget_reached {
+            Some("max_uploads")
+        } else if self.interrupted {
+            Some("interrupted")
+        } else {
+            None
         }
+    }
+
+    fn exit_code(self, shutdown: Result<(), EngineError>, stats: &Stats) -> u8 {
         match self.result.and(shutdown) {
             Err(e) => {
                 eprintln!("error: {e}");
@@ -208,44 +274,22 @@ impl PassEnd {
     }
 }
 
+/// The human line for a pass that a budget ended.
+fn print_budget(stopped: Option<&str>) {
+    let flag = match stopped {
+        Some("max_duration") => "--max-duration",
+        Some("max_uploads") => "--max-uploads",
+        _ => return,
+    };
+    println!(
+        "budget reached ({flag}): stopped cleanly; the next run goes on with the photos not yet uploaded"
+    );
+}
+
 /// Ends a helper task and joins it.
 async fn stop(task: Option<tokio::task::JoinHandle<()>>) {
     if let Some(t) = task {
         t.abort();
         let _ = t.await;
     }
-}
-
-fn progress_bar(stats: Arc<Stats>) -> tokio::task::JoinHandle<()> {
-    let bar = indicatif::ProgressBar::new_spinner();
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("{spinner} {elapsed} {msg}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
-    );
-    tokio::spawn(async move {
-        let _finish = scopeguard(bar.clone());
-        loop {
-            bar.set_message(format!(
-                "{} photos: {} uploaded, {} unchanged, {} failed, {} retries",
-                Stats::get(&stats.files),
-                Stats::get(&stats.uploaded),
-                Stats::get(&stats.unchanged),
-                Stats::get(&stats.failed),
-                Stats::get(&stats.retries),
-            ));
-            bar.tick();
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    })
-}
-
-/// Clears the spinner when its task ends (or is aborted).
-fn scopeguard(bar: indicatif::ProgressBar) -> impl Drop {
-    struct Clear(indicatif::ProgressBar);
-    impl Drop for Clear {
-        fn drop(&mut self) {
-            self.0.finish_and_clear();
-        }
-    }
-    Clear(bar)
 }

@@ -11,7 +11,12 @@ use crate::config::{Config, DEFAULT_CONFIG_PATH};
 
 mod backfill;
 mod check;
+mod completions;
+mod init;
+mod json;
+mod man;
 mod print;
+mod progress;
 mod retry;
 mod run;
 mod status;
@@ -86,6 +91,13 @@ pub enum Command {
     /// Compare every synced photo's current etag in Graph with the one recorded after its
     /// upload; report photos changed or removed outside photosync (--repair: upload them again).
     Verify(verify::Args),
+    /// Write a first configuration (mode 0600) from a few options, and print the next steps.
+    /// Never overwrites a configuration.
+    Init(init::Args),
+    /// Print the shell completion script (bash, zsh, fish, elvish, powershell) on stdout.
+    Completions(completions::Args),
+    /// Write the manual pages (photosync.1 and one per subcommand) into a folder.
+    Man(man::Args),
 }
 
 /// Set once from the command line, before any config is loaded.
@@ -110,6 +122,13 @@ pub fn main(cli: Cli) -> Outcome {
         cli.allow_insecure_permissions,
         std::sync::atomic::Ordering::Relaxed,
     );
+    // These touch neither Graph nor the ledger: no runtime, no logging.
+    match &cli.command {
+        Command::Init(args) => return Outcome::Finished(init::run(&cli.config, args)),
+        Command::Completions(args) => return Outcome::Finished(completions::run(args)),
+        Command::Man(args) => return Outcome::Finished(man::run(args)),
+        _ => {}
+    }
     let interactive = std::io::stderr().is_terminal() && cli.log_format == LogFormat::Text;
     init_tracing(cli.verbose, cli.log_format, interactive);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -131,6 +150,7 @@ pub fn main(cli: Cli) -> Outcome {
             Command::Check(args) => check::run(&cli.config, args).await,
             Command::Retry(args) => retry::run(&cli.config, args).await,
             Command::Verify(args) => verify::run(&cli.config, args).await,
+            Command::Init(_) | Command::Completions(_) | Command::Man(_) => exit::OK,
         }
     };
     let outcome = runtime.block_on(async {
@@ -157,9 +177,10 @@ fn init_tracing(verbose: u8, format: LogFormat, interactive: bool) {
     };
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new(format!("photosync={default},warn")));
+    // On a terminal, log lines go around the progress bar instead of through it.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(progress::StderrAroundBar);
     let _ = match format {
         LogFormat::Text => builder.with_ansi(interactive).try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),

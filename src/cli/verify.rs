@@ -14,13 +14,18 @@ use crate::ledger::SyncedTarget;
 use crate::mapping::Target;
 use crate::stats::Stats;
 
-use super::exit;
+use super::{exit, json};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Upload the photos found changed or removed again, from the files in the tree.
     #[arg(long)]
     pub repair: bool,
+
+    /// JSON lines on stdout: one item per photo changed, removed, not checkable or uploaded
+    /// again, then a summary. Stable; see the README.
+    #[arg(long)]
+    pub json: bool,
 }
 
 enum Found {
@@ -43,6 +48,7 @@ pub async fn run(config: &Path, args: Args) -> u8 {
         Err(code) => return code,
     };
     let stats = Arc::new(Stats::default());
+    let items = args.json.then(|| item_lines(&stats));
     let cancel = tokio_util::sync::CancellationToken::new();
     super::stop_on_signals(cancel.clone());
     let engine = match Engine::start(&cfg, Some(ledger.clone()), false, stats.clone(), cancel) {
@@ -60,7 +66,7 @@ pub async fn run(config: &Path, args: Args) -> u8 {
         }
     };
     let total = targets.len();
-    let tally = check_all(&engine, targets, cfg.upload.workers, args.repair).await;
+    let tally = check_all(&engine, targets, cfg.upload.workers, &args).await;
     let mut code = exit::OK;
     if args.repair && !tally.drifted.is_empty() {
         if let Err(e) = repair(&engine, tally.drifted.clone()).await {
@@ -70,20 +76,30 @@ pub async fn run(config: &Path, args: Args) -> u8 {
     }
     let shutdown = engine.shutdown(cfg.upload.shutdown_grace).await;
     ledger.close().await;
-    if let Err(e) = shutdown {
-        eprintln!("error: {e}");
-        return exit::FATAL;
+    stats.end_report();
+    if let Some(task) = items {
+        let _ = task.await;
     }
-    tally.print(total, args.repair.then(|| Stats::get(&stats.uploaded)));
-    if code != exit::OK {
-        return code;
-    }
+    let stopped_cleanly = shutdown.map_err(|e| eprintln!("error: {e}")).is_ok();
+    code = if stopped_cleanly { code } else { exit::FATAL };
+    let repaired = args.repair.then(|| Stats::get(&stats.uploaded));
     let unrepaired = !args.repair && tally.drift > 0;
-    if unrepaired || tally.unknown > 0 || Stats::get(&stats.failed) > 0 {
-        exit::ITEMS_FAILED
-    } else {
-        exit::OK
+    if code == exit::OK && (unrepaired || tally.unknown > 0 || Stats::get(&stats.failed) > 0) {
+        code = exit::ITEMS_FAILED;
     }
+    if args.json {
+        json::line("summary", &tally.summary(total, repaired, &stats, code));
+    } else if stopped_cleanly {
+        tally.print(total, repaired);
+    }
+    code
+}
+
+/// The repair's uploads are item lines too.
+fn item_lines(stats: &Stats) -> tokio::task::JoinHandle<()> {
+    let (sink, task) = json::items(None);
+    stats.report_to(sink);
+    task
 }
 
 /// Plans the drifted photos' files again (their targets are pending now) and uploads them.
@@ -104,7 +120,36 @@ struct Tally {
     drifted: Vec<PathBuf>,
 }
 
+/// The last `--json` line of a verify. Fields are stable: only ever added.
+#[derive(serde::Serialize)]
+struct Summary {
+    /// The run's id: `null` until the ledger records runs (see backfill's summary).
+    run: Option<String>,
+    checked: usize,
+    same: usize,
+    /// Changed or removed outside photosync.
+    drifted: usize,
+    unchecked: usize,
+    /// With `--repair`: photos uploaded again; `null` without.
+    repaired: Option<u64>,
+    failed: u64,
+    exit_code: u8,
+}
+
 impl Tally {
+    fn summary(&self, total: usize, repaired: Option<u64>, stats: &Stats, code: u8) -> Summary {
+        Summary {
+            run: None,
+            checked: total,
+            same: self.same,
+            drifted: self.drift,
+            unchecked: self.unknown,
+            repaired,
+            failed: Stats::get(&stats.failed),
+            exit_code: code,
+        }
+    }
+
     /// The summary line; `repaired` when `--repair` was given.
     fn print(&self, total: usize, repaired: Option<u64>) {
         println!(
@@ -125,7 +170,7 @@ async fn check_all(
     engine: &Engine,
     targets: Vec<SyncedTarget>,
     workers: usize,
-    repair: bool,
+    args: &Args,
 ) -> Tally {
     let results: Vec<(SyncedTarget, Found)> = stream::iter(targets)
         .map(|t| async move {
@@ -149,27 +194,47 @@ async fn check_all(
             }
             Found::Unknown(why) => {
                 tally.unknown += 1;
-                eprintln!("cannot check {}: {why}", t.target_key);
+                if args.json {
+                    json::item(&finding(&t, "unchecked", Some(why)));
+                } else {
+                    eprintln!("cannot check {}: {why}", t.target_key);
+                }
                 continue;
             }
             Found::Changed => "changed",
             Found::Removed => "removed",
         };
-        println!(
-            "{what}: {} (photo {what} outside photosync since its upload{})",
-            t.target_key,
-            t.path
-                .as_deref()
-                .map(|p| format!("; file {p}"))
-                .unwrap_or_default()
-        );
+        if args.json {
+            json::item(&finding(&t, what, None));
+        } else {
+            println!(
+                "{what}: {} (photo {what} outside photosync since its upload{})",
+                t.target_key,
+                t.path
+                    .as_deref()
+                    .map(|p| format!("; file {p}"))
+                    .unwrap_or_default()
+            );
+        }
         tally.drift += 1;
-        if repair {
+        if args.repair {
             engine.record_drift(&t.target_key).await;
             tally.drifted.extend(t.path.map(PathBuf::from));
         }
     }
     tally
+}
+
+/// An item line for one finding: `changed`, `removed` or `unchecked` (with why).
+fn finding(t: &SyncedTarget, result: &str, error: Option<String>) -> crate::report::Row {
+    crate::report::Row {
+        path: t.path.clone().unwrap_or_default(),
+        target: t.target_key.clone(),
+        action: "verify",
+        result: result.to_owned(),
+        error,
+        ..crate::report::Row::default()
+    }
 }
 
 async fn check_one(engine: &Engine, t: &SyncedTarget) -> Found {

@@ -139,6 +139,26 @@ pub fn render(stats: &Stats) -> String {
         "Failed attempts to obtain an access token.",
         &[("", g(&stats.token_refresh_failures))],
     );
+    // /readyz's checks, one gauge each, so that an alert names the one that fails.
+    let flag = |f: &std::sync::atomic::AtomicBool| f64::from(u8::from(Stats::is(f)));
+    metric(
+        "photosync_watchers_ok",
+        "gauge",
+        "1 while every source root is watched (or polled as configured), else 0.",
+        &[("", flag(&stats.watchers_ok))],
+    );
+    metric(
+        "photosync_database_ok",
+        "gauge",
+        "1 while the ledger is writable, else 0.",
+        &[("", flag(&stats.database_ok))],
+    );
+    metric(
+        "photosync_token_ok",
+        "gauge",
+        "1 while an access token can be obtained, else 0.",
+        &[("", flag(&stats.token_ok))],
+    );
     let (counts, sum) = stats.latency();
     let _ = writeln!(
         out,

@@ -12,6 +12,8 @@ mod fuzz;
 mod helpers;
 mod identity;
 mod image;
+mod json;
 mod operator;
 mod photos;
 mod soak;
+mod tty;
