@@ -185,6 +185,31 @@ pub(crate) async fn open_ledger(cfg: &Config) -> Result<crate::ledger::Ledger, u
         })
 }
 
+/// Takes the ledger's one-writer lock for a command that writes, for as long as the returned
+/// guard lives. Held by another photosync: exit 2 at once, naming it.
+pub(crate) fn lock_ledger(cfg: &Config) -> Result<crate::ledger::lock::LedgerLock, u8> {
+    use crate::ledger::lock::{LedgerLock, LockError};
+    match LedgerLock::acquire(&cfg.state.database) {
+        Ok(lock) => {
+            if let Some(gone) = &lock.took_over {
+                tracing::warn!(
+                    lock = %lock.path().display(),
+                    previous = %gone,
+                    "took over the ledger lock of a photosync that is gone (the kernel released its lock when it ended)"
+                );
+            }
+            Ok(lock)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            Err(match e {
+                LockError::Held { .. } => exit::USAGE,
+                LockError::Io { .. } => exit::FATAL,
+            })
+        }
+    }
+}
+
 /// [`load_config`] without printing: the error as text.
 pub(crate) fn try_load_config(path: &std::path::Path) -> Result<Config, String> {
     let mut cfg = Config::load(path).map_err(|e| e.to_string())?;

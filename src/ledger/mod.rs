@@ -21,6 +21,7 @@
 mod apply;
 #[cfg(test)]
 mod fixtures;
+pub mod lock;
 mod op;
 mod queries;
 mod snapshot;
