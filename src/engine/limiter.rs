@@ -16,9 +16,10 @@
 //!   for about 20 s, then probes above it faster and faster, so a limit that was raised (or a
 //!   throttle that was a passing storm) is found again within minutes.
 //! - **Unavailable** (a 503 or 504 with `Retry-After` that does not say it throttled): the
-//!   service is busy, not refusing our rate. The gate closes for the `Retry-After`, the rate
-//!   stays, and what the rate would have sent while the gate was closed (up to one second's
-//!   worth) may go as soon as it reopens, so a storm of them costs only the failed requests.
+//!   service is busy, not refusing our rate. The gate closes for the `Retry-After` and the rate
+//!   stays. Turns the closed gate kept from being used are given back, so when it reopens the
+//!   bucket holds what it would after any idle time (up to `burst`): a storm of them costs
+//!   little more than the failed requests.
 //!
 //! What the service admitted is counted by the time each request was *sent*, not the time its
 //! answer came: an answer that arrives late (a slow upload, a stall, after the gate closed or
@@ -46,8 +47,6 @@ const GROWTH_PERIOD_S: f64 = 80.0;
 const MIN_SHARE: f64 = 0.1;
 /// The rate the service admits is estimated from the requests sent in this last stretch of time.
 const WINDOW: Duration = Duration::from_secs(1);
-/// At most this much of the time an unavailable service kept the gate closed is caught up.
-const MAX_CATCH_UP: Duration = Duration::from_secs(1);
 
 pub struct Limiter {
     max_rate: f64,
@@ -62,15 +61,13 @@ struct State {
     tat: Instant,
     /// Closed until then by a throttling or unavailable answer.
     gate: Option<Instant>,
-    /// When the gate last closed (from open).
-    closed_at: Option<Instant>,
-    /// After an unavailable service reopens the gate: this much lost time may be caught up,
-    /// until the second instant.
-    catch_up: Option<(Duration, Instant)>,
     /// Set by a throttle: the rate then grows back from `limit` as time passes since `since`.
     adapted: Option<Adapted>,
     /// When the gate last reopened after a throttle.
     reopened: Option<Instant>,
+    /// When the gate last reopened after any closure: time it was closed says nothing about
+    /// what the service admits.
+    opened: Option<Instant>,
     /// When the admitted requests of the last [`WINDOW`] were sent (in the order answered).
     admitted: VecDeque<Instant>,
     /// Counts the times a throttle threw the schedule away: a slot booked before is void.
@@ -88,6 +85,8 @@ struct Adapted {
     /// Answers of unknown send time that came while the gate was closed.
     late: usize,
     window: f64,
+    /// For a stretch shorter than [`WINDOW`]: the most it may say (see [`Adapted::limit`]).
+    cap: Option<f64>,
     from: Instant,
     at: Instant,
     /// When the gate reopened: growth starts then.
@@ -95,12 +94,17 @@ struct Adapted {
 }
 
 impl Adapted {
-    /// Requests per second the service let through when it throttled us.
+    /// Requests per second the service let through when it throttled us. After a full
+    /// second open that count is the limit, whatever rate we were at (capping it by that rate
+    /// would take the rate lower with every throttle that timing jitter earns just under the
+    /// limit). A shorter stretch since the gate reopened overstates it (a service that
+    /// counts by the second lets a burst through after a pause): it may lower the limit, not
+    /// raise it above the last one.
     fn limit(&self) -> f64 {
         let known = self.counted + self.sent_before;
         let observed = (known + self.late) as f64 / self.window;
         if known > 0 && observed >= 1.0 {
-            observed.min(self.was)
+            self.cap.map_or(observed, |cap| observed.min(cap))
         } else {
             // Nothing got through lately (a throttle out of the blue), so answers still on the
             // wire say nothing about a rate either: halve, as a last resort.
@@ -136,7 +140,7 @@ impl State {
     fn observed(&mut self, now: Instant) -> Option<(usize, Instant, f64)> {
         self.forget_old(now);
         let Some(reopened) = self
-            .reopened
+            .opened
             .filter(|r| now.saturating_duration_since(*r) < WINDOW)
         else {
             let from = now.checked_sub(WINDOW).unwrap_or(now);
@@ -149,27 +153,11 @@ impl State {
     }
 
     /// Closes the gate until at least `until`; returns when it reopens.
-    fn close(&mut self, now: Instant, until: Instant) -> Instant {
-        if self.gate.is_none_or(|g| g <= now) {
-            self.closed_at = Some(now);
-        }
+    fn close(&mut self, until: Instant) -> Instant {
         if self.gate.is_none_or(|g| g < until) {
             self.gate = Some(until);
         }
         self.gate.unwrap_or(until)
-    }
-
-    /// How far behind the schedule requests may start at `now` (the GCRA's tolerance).
-    fn tolerance(&mut self, interval: Duration, burst: u32, now: Instant) -> Duration {
-        let bursts = interval * (burst - 1);
-        match self.catch_up {
-            Some((lost, until)) if now < until => bursts.max(lost),
-            Some(_) => {
-                self.catch_up = None;
-                bursts
-            }
-            None => bursts,
-        }
     }
 }
 
@@ -182,10 +170,9 @@ impl Limiter {
             state: Mutex::new(State {
                 tat: now,
                 gate: None,
-                closed_at: None,
-                catch_up: None,
                 adapted: None,
                 reopened: None,
+                opened: None,
                 admitted: VecDeque::new(),
                 epoch: 0,
             }),
@@ -213,24 +200,29 @@ impl Limiter {
                         let (rate, bursts) = s.rate(self.max_rate, now);
                         let interval = Duration::from_secs_f64(1.0 / rate);
                         let burst = if bursts { self.max_burst } else { 1 };
-                        let tolerance = s.tolerance(interval, burst, now);
+                        let tolerance = interval * (burst - 1);
                         let slot = s.tat.checked_sub(tolerance).map_or(now, |t| t.max(now));
                         s.tat = s.tat.max(slot) + interval;
-                        Ok((slot, s.epoch))
+                        Ok((slot, s.epoch, interval))
                     }
                 }
             };
             match slot {
                 Err(gate) => tokio::time::sleep_until(gate).await,
-                Ok((slot, epoch)) => {
+                Ok((slot, epoch, interval)) => {
                     tokio::time::sleep_until(slot).await;
-                    // The gate may have closed while we waited for our turn, and a throttle
-                    // may have rebooked every turn at a lower rate.
                     let now = Instant::now();
-                    let s = self.state();
-                    if s.gate.is_none_or(|t| t <= now) && s.epoch == epoch {
+                    let mut s = self.state();
+                    // A throttle rebooked every turn at a lower rate: ours is void.
+                    if s.epoch != epoch {
+                        continue;
+                    }
+                    if s.gate.is_none_or(|t| t <= now) {
                         return now;
                     }
+                    // The gate closed before our turn came: the turn went unused, so it is
+                    // given back (a pause for an unavailable service costs the rate nothing).
+                    s.tat = s.tat.checked_sub(interval).unwrap_or(s.tat);
                 }
             }
         }
@@ -267,26 +259,28 @@ impl Limiter {
         let now = Instant::now();
         let mut s = self.state();
         let open = s.gate.is_none_or(|g| g <= now);
-        let reopens = s.close(now, now + wait);
-        // Time lost to the throttle is not caught up: the service asked for less.
-        s.catch_up = None;
+        let reopens = s.close(now + wait);
         if open {
             // Answers to requests already on the wire belong to the same episode: only its
             // first one says anything about the rate.
             let (rate, _) = s.rate(self.max_rate, now);
             if let Some((counted, from, window)) = s.observed(now) {
+                let short = window < WINDOW.as_secs_f64();
+                let last = s.adapted.map_or(rate, |a| a.limit().max(rate));
                 s.adapted = Some(Adapted {
                     was: rate,
                     counted,
                     sent_before: 0,
                     late: 0,
                     window,
+                    cap: short.then_some(last),
                     from,
                     at: now,
                     since: reopens,
                 });
             }
             s.reopened = Some(reopens);
+            s.opened = Some(reopens);
             // No catching up on the time the gate was closed: paced from its reopening, and
             // turns booked at the old rate are void.
             s.tat = reopens;
@@ -296,16 +290,13 @@ impl Limiter {
     }
 
     /// The service is unavailable for `retry_after` (a 503 or 504 that does not say it
-    /// throttled): closes the gate for every worker, leaves the rate as it is, and lets the
-    /// requests the rate would have sent meanwhile (at most a second's worth) go when it
-    /// reopens. Returns how long the gate stays closed from now.
+    /// throttled): closes the gate for every worker and leaves the rate and the schedule as
+    /// they are (see the module docs). Returns how long the gate stays closed from now.
     pub fn unavailable(&self, retry_after: Duration) -> Duration {
         let now = Instant::now();
         let mut s = self.state();
-        let reopens = s.close(now, now + retry_after);
-        let closed = reopens.saturating_duration_since(s.closed_at.unwrap_or(now));
-        let lost = closed.min(MAX_CATCH_UP);
-        s.catch_up = Some((lost, reopens + lost));
+        let reopens = s.close(now + retry_after);
+        s.opened = Some(reopens);
         reopens.saturating_duration_since(now)
     }
 
@@ -691,7 +682,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn time_lost_to_an_unavailable_service_is_caught_up_within_the_window_bound() {
-        let l = Arc::new(Limiter::new(10.0, 1));
+        let l = Arc::new(Limiter::new(10.0, 10));
         let t0 = Instant::now();
         let mut times = Vec::new();
         for i in 0..100 {
@@ -705,7 +696,7 @@ mod tests {
         // 100 at 10/s take 10 s; ten pauses of a second, lost, would make it 19.
         let took = times[99].as_secs_f64();
         assert!(took <= 11.0, "{took:.2}s");
-        assert!(most_in_any_window(&times, Duration::from_secs(1)) <= 11);
+        assert!(most_in_any_window(&times, Duration::from_secs(1)) <= 20);
     }
 
     #[tokio::test(start_paused = true)]
@@ -723,5 +714,48 @@ mod tests {
             "{:?}",
             t0.elapsed()
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_storm_of_unavailable_answers_costs_only_the_failed_requests() {
+        // 8 workers at a configured 8/s; one answer in ten is a 503 with Retry-After: 1.
+        let l = Arc::new(Limiter::new(8.0, 8));
+        let t0 = Instant::now();
+        let sent = Arc::new(AtomicU64::new(0));
+        let mut tasks = Vec::new();
+        for _ in 0..8 {
+            let (l, sent) = (l.clone(), sent.clone());
+            tasks.push(tokio::spawn(async move {
+                while t0.elapsed() < Duration::from_secs(60) {
+                    let at = l.acquire().await;
+                    let n = sent.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    l.admitted(at);
+                    if n % 10 == 7 {
+                        l.unavailable(Duration::from_secs(1));
+                    }
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let rate = sent.load(Ordering::Relaxed) as f64 / 60.0;
+        assert!(rate >= 7.5, "{rate:.2}/s sent at a configured 8/s");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn time_the_gate_was_closed_for_an_unavailable_service_does_not_lower_the_estimate() {
+        let l = Limiter::new(100.0, 100);
+        l.unavailable(Duration::from_secs(1));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        // Half a second open, 10 admitted: 20/s, though the last second holds only those 10.
+        for _ in 0..10 {
+            l.succeeded();
+            tokio::time::advance(Duration::from_millis(50)).await;
+        }
+        l.throttled(Some(Duration::from_secs(1)));
+        let rate = l.current_rate();
+        assert!((19.0..=20.0).contains(&rate), "{rate}");
     }
 }
