@@ -46,6 +46,8 @@ pub struct Stats {
     /// Unix ms of the last successful upload.
     pub last_success_ms: AtomicI64,
     pub token_refresh_failures: AtomicU64,
+    /// Passes the daemon finished (full and partial).
+    pub passes: AtomicU64,
     pub token_ok: AtomicBool,
     pub database_ok: AtomicBool,
     pub watchers_ok: AtomicBool,

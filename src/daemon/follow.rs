@@ -140,6 +140,7 @@ impl<'a> Follower<'a> {
             if whole_tree {
                 self.stats.end_sweep();
             }
+            Stats::add(&self.stats.passes, 1);
             passed(progress, &report, whole_tree);
         }
         let fired = self.triggers.tick(&self.watch).await;

@@ -125,6 +125,12 @@ pub fn render(stats: &Stats) -> String {
         &[("", g(&stats.failed))],
     );
     metric(
+        "photosync_passes_total",
+        "counter",
+        "Planning passes finished (full rescans and changed paths).",
+        &[("", g(&stats.passes))],
+    );
+    metric(
         "photosync_queue_depth",
         "gauge",
         "Uploads queued, not yet started.",
