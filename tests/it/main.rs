@@ -11,5 +11,8 @@ mod fuzz;
 mod helpers;
 mod identity;
 mod image;
+mod lock;
 mod operator;
 mod soak;
+mod upn;
+mod uptime;
