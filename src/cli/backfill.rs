@@ -47,7 +47,7 @@ pub async fn run(config: &Path, args: Args, interactive: bool) -> u8 {
     let _lock = if args.dry_run {
         None
     } else {
-        match super::lock_ledger(&cfg) {
+        match super::lock_ledger(&cfg).await {
             Ok(l) => Some(l),
             Err(code) => return code,
         }

@@ -187,7 +187,7 @@ pub(crate) async fn open_ledger(cfg: &Config) -> Result<crate::ledger::Ledger, u
 
 /// Takes the ledger's one-writer lock for a command that writes, for as long as the returned
 /// guard lives. Held by another photosync: exit 2 at once, naming it.
-pub(crate) fn lock_ledger(cfg: &Config) -> Result<crate::ledger::lock::LedgerLock, u8> {
+pub(crate) async fn lock_ledger(cfg: &Config) -> Result<crate::ledger::lock::LedgerLock, u8> {
     use crate::ledger::lock::{LedgerLock, LockError};
     match LedgerLock::acquire(&cfg.state.database) {
         Ok(lock) => {
@@ -200,12 +200,21 @@ pub(crate) fn lock_ledger(cfg: &Config) -> Result<crate::ledger::lock::LedgerLoc
             }
             Ok(lock)
         }
-        Err(e) => {
+        Err(e @ LockError::Held { .. }) => {
             eprintln!("error: {e}");
-            Err(match e {
-                LockError::Held { .. } => exit::USAGE,
-                LockError::Io { .. } => exit::FATAL,
-            })
+            Err(exit::USAGE)
+        }
+        Err(e @ LockError::Io { .. }) => {
+            // A lock that cannot be created beside the database usually means the database
+            // cannot be either, which the ledger explains with the fix.
+            match crate::ledger::Ledger::open(&cfg.state.database).await {
+                Err(ledger) => eprintln!("error: {ledger}"),
+                Ok(ledger) => {
+                    ledger.close().await;
+                    eprintln!("error: {e}");
+                }
+            }
+            Err(exit::FATAL)
         }
     }
 }

@@ -20,7 +20,7 @@ pub async fn run(config_path: &Path, _args: Args) -> u8 {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let _lock = match super::lock_ledger(&cfg) {
+    let _lock = match super::lock_ledger(&cfg).await {
         Ok(l) => l,
         Err(code) => return code,
     };

