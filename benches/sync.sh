@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # End-to-end sync benchmark: photosync's backfill against the Graph emulator, next to what an
 # admin would run instead, on the same synthetic tree in the same run. Run from the repository root:
-#   bash benches/sync.sh [--n N] [--curl-sample K] [--repeat R] [--no-build]
+#   bash benches/sync.sh [--n N] [--curl-sample K] [--repeat R] [--no-build] [--only faults]
 # Environment (flags win):
 #   N=100000            photos in the main tree (target/bench/tree-N, reused when complete)
 #   CURL_SAMPLE=5000    files the xargs+curl baseline uploads (0 = all N); rates are comparable
@@ -10,6 +10,8 @@
 #   RATE_N=1000 RATE_RPS=50 RATE_BURST=50                       step 5 (rate accuracy)
 #   THROTTLE_N=600 THROTTLE_LIMIT=20 THROTTLE_RPS=100 THROTTLE_BURST=100   step 6 (429s)
 #   THROTTLE_RETRY_AFTER=1   seconds the emulator's 429s ask photosync to wait (step 6)
+#   FAULTS_N=200 FAULTS_RPS=8 FAULTS_WORKERS=8                  step 7 (fault storm)
+#   ONLY=faults         run that one step (its tree, its row) and nothing else (--only faults)
 #   RECORD_ETAG=0       1 = upload.record_etag on (a metadata GET after every upload, which
 #                       shares the rate limit: uploads/s is then about half the request rate)
 #   NO_BUILD=1          use the binaries in target/release as they are
@@ -27,7 +29,10 @@
 #      emulator's largest count of uploads in any 1 s window (limit: burst + rate);
 #   6. throttling: emulator --rate-limit THROTTLE_LIMIT (429 + Retry-After: THROTTLE_RETRY_AFTER)
 #      while photosync is configured for THROTTLE_RPS: steady throughput / THROTTLE_LIMIT, and 429s
-#      per Retry-After window of the run (its wall time / THROTTLE_RETRY_AFTER): fewer than one.
+#      per Retry-After window of the run (its wall time / THROTTLE_RETRY_AFTER): fewer than one;
+#   7. fault storm: FAULTS_N photos at FAULTS_RPS/s while the emulator answers 10% 503 with
+#      Retry-After: 1, 5% 500, resets 5% and stalls 3% for 3 s (past request_timeout = 1s):
+#      uploads/s through the storm as a share of the configured rate (target >= 70%).
 # Prints one table and writes target/bench/sync-results.json plus benches/results/sync-DATE.json.
 # Everything listens on and talks to 127.0.0.1 only.
 set -euo pipefail
@@ -46,6 +51,10 @@ THROTTLE_RPS="${THROTTLE_RPS:-100}"
 THROTTLE_BURST="${THROTTLE_BURST:-100}"
 THROTTLE_RETRY_AFTER="${THROTTLE_RETRY_AFTER:-1}"
 RECORD_ETAG="${RECORD_ETAG:-0}"
+FAULTS_N="${FAULTS_N:-200}"
+FAULTS_RPS="${FAULTS_RPS:-8}"
+FAULTS_WORKERS="${FAULTS_WORKERS:-8}"
+ONLY="${ONLY:-}"
 NO_BUILD="${NO_BUILD:-}"
 while (($#)); do
   case "$1" in
@@ -53,11 +62,13 @@ while (($#)); do
     --curl-sample) CURL_SAMPLE="$2"; shift 2 ;;
     --repeat) REPEAT="$2"; shift 2 ;;
     --no-build) NO_BUILD=1; shift ;;
+    --only) ONLY="$2"; shift 2 ;;
     -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
   esac
 done
-for v in N CURL_SAMPLE REPEAT WORKERS RATE_N RATE_BURST THROTTLE_N THROTTLE_LIMIT THROTTLE_BURST; do
+[[ -z "$ONLY" || "$ONLY" == faults ]] || { echo "--only takes: faults (not '$ONLY')" >&2; exit 2; }
+for v in N CURL_SAMPLE REPEAT WORKERS RATE_N RATE_BURST THROTTLE_N THROTTLE_LIMIT THROTTLE_BURST FAULTS_N FAULTS_RPS FAULTS_WORKERS; do
   [[ "${!v}" =~ ^[0-9]+$ ]] || { echo "$v must be a whole number, not '${!v}'" >&2; exit 2; }
 done
 ((N > 0 && REPEAT > 0)) || { echo "N and REPEAT must be positive" >&2; exit 2; }
@@ -173,7 +184,8 @@ make_tree() {
     "$(du -sh "$dir/users" | cut -f1)" >&2
 }
 
-# write_config FILE ROOT DATABASE RPS BURST WORKERS (mode 600: it holds the emulator's secret)
+# write_config FILE ROOT DATABASE RPS BURST WORKERS [UPLOAD_KEYS] (mode 600: it holds the
+# emulator's secret); UPLOAD_KEYS are more lines for [upload].
 write_config() {
   install -m 600 /dev/null "$1"
   cat >"$1" <<EOF
@@ -194,6 +206,7 @@ workers = $6
 requests_per_second = $4
 burst = $5
 record_etag = $([[ "$RECORD_ETAG" == 1 ]] && echo true || echo false)
+${7:-}
 
 [image]
 mode = "passthrough"
@@ -246,6 +259,50 @@ rss_mb() { awk '{ printf "%.1f", $4 / 1024 }' "$1.time"; }
 rchar() { awk '$1 == "rchar:" { print $2 }' "$1.io"; }
 median() { tr ' ' '\n' | grep . | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 calc() { awk "BEGIN { printf \"%.4f\", $* }"; }
+
+# The fault storm (step 7): sets FLT_UPLOADS, FLT_WALL, FLT_RATE, FLT_SHARE, FLT_STATS.
+faults_step() {
+  local tree="$BENCH/tree-faults-$FAULTS_N"
+  make_tree "$tree" "$FAULTS_N" faults
+  echo "== fault storm: $FAULTS_N photos at $FAULTS_RPS/s through 503/500/reset/stall faults" >&2
+  start_emulator faults --error-503 0.10 --retry-after 1 --error-500 0.05 --reset 0.05 \
+    --stall 0.03 --stall-for 3s --fault-seed 15
+  write_config "$RUN/faults.toml" "$tree/users" "$RUN/faults.db" "$FAULTS_RPS" "$FAULTS_RPS" "$FAULTS_WORKERS" \
+    "$(printf 'max_attempts = 8\nrequest_timeout = "1s"')"
+  photosync "$RUN/faults" "$RUN/faults.toml"
+  FLT_STATS="$(stats)"
+  stop_emulator
+  FLT_UPLOADS="$(summary_field "$RUN/faults" uploaded)"
+  [[ "$FLT_UPLOADS" == "$FAULTS_N" ]] || { echo "the storm left photos behind: $(cat "$RUN/faults.stdout")" >&2; exit 1; }
+  FLT_WALL="$(wall "$RUN/faults")"
+  FLT_RATE="$(calc "$FLT_UPLOADS / $FLT_WALL")"
+  FLT_SHARE="$(calc "$FLT_RATE / $FAULTS_RPS")"
+}
+faults_row() {
+  row "faults: uploads/s through the storm (set $FAULTS_RPS)" "$(f "$FLT_RATE" 2)" "configured: $FAULTS_RPS" \
+    "$(f "$(calc "$FLT_SHARE * 100")" 1)%" ">= 70%" "$(verdict "$FLT_SHARE >= 0.7")"
+}
+verdict() { awk "BEGIN { print ($*) ? \"yes\" : \"NO\" }"; }
+f() { LC_ALL=C printf "%.${2}f" "$1"; }   # f VALUE DECIMALS
+x() { f "$(calc "$1 / $2")" 2; printf 'x'; }  # x A B: the ratio A/B as "1.23x"
+row() { printf '| %-42s | %12s | %-30s | %8s | %-17s | %-3s |\n' "$@"; }
+header() {
+  row measure photosync baseline ratio target met
+  row "$(printf '%.0s-' $(seq 42))" "$(printf '%.0s-' $(seq 12))" "$(printf '%.0s-' $(seq 30))" "$(printf '%.0s-' $(seq 8))" \
+    "$(printf '%.0s-' $(seq 17))" "---"
+}
+
+if [[ "$ONLY" == faults ]]; then
+  faults_step
+  jq -n --argjson rps "$FAULTS_RPS" --argjson n "$FAULTS_N" --argjson wall "$FLT_WALL" \
+    --argjson rate "$FLT_RATE" --argjson share "$FLT_SHARE" --argjson emulator "$FLT_STATS" \
+    '{faults: {configured_rps: $rps, photos: $n, wall_s: $wall, uploads_per_s: $rate,
+               share_of_configured: $share, emulator: $emulator}}' >"$BENCH/faults-results.json"
+  echo
+  { header; faults_row; } | tee "$BENCH/faults-results.txt"
+  printf '\nresults: %s\n' "$BENCH/faults-results.json"
+  exit 0
+fi
 
 LOAD_BEFORE="$(cut -d' ' -f1-3 /proc/loadavg)"
 echo "== photosync sync benchmark: N=$N, curl sample $CURL_SAMPLE, $(nproc) CPUs, load $LOAD_BEFORE" >&2
@@ -395,6 +452,9 @@ THR_WALL="$(wall "$RUN/throttle")"
 THR_WINDOWS="$(calc "$THR_WALL / $THROTTLE_RETRY_AFTER")"
 THR_429_PER_WINDOW="$(calc "$THR_429 / $THR_WINDOWS")"
 
+# --- 7. fault storm ------------------------------------------------------------------------------
+faults_step
+
 # --- results -------------------------------------------------------------------------------------
 CPU_MODEL="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
 MEM_GIB="$(awk '/MemTotal/ { printf "%.1f", $2 / 1048576 }' /proc/meminfo)"
@@ -426,6 +486,8 @@ jq -n \
   --argjson thr_windows "$THR_WINDOWS" --argjson thr_429_per_window "$THR_429_PER_WINDOW" \
   --argjson record_etag "$([[ "$RECORD_ETAG" == 1 ]] && echo true || echo false)" \
   --argjson cold_stats "$COLD_STATS" --argjson rate_stats "$RATE_STATS" --argjson thr_stats "$THR_STATS" \
+  --argjson flt_rps "$FAULTS_RPS" --argjson flt_n "$FAULTS_N" --argjson flt_wall "$FLT_WALL" \
+  --argjson flt_rate "$FLT_RATE" --argjson flt_share "$FLT_SHARE" --argjson flt_stats "$FLT_STATS" \
   '{
     date: $date, commit: $commit,
     machine: {nproc: $nproc, cpu: $cpu, mem_gib: $mem_gib, load_before: $load},
@@ -451,22 +513,18 @@ jq -n \
                retry_after_s: $thr_retry_after, wall_s: $thr_wall,
                retry_after_windows: $thr_windows, status_429_per_window: $thr_429_per_window,
                achieved_rps: $thr_achieved, ratio: $thr_ratio,
-               by_status: $thr_stats.by_status}
+               by_status: $thr_stats.by_status},
+    faults: {configured_rps: $flt_rps, photos: $flt_n, wall_s: $flt_wall, uploads_per_s: $flt_rate,
+             share_of_configured: $flt_share, by_status: $flt_stats.by_status}
   }' >"$RESULTS"
 mkdir -p benches/results
 cp "$RESULTS" "benches/results/sync-$(date -u +%Y%m%d-%H%M%S).json"
 
-verdict() { awk "BEGIN { print ($*) ? \"yes\" : \"NO\" }"; }
-f() { LC_ALL=C printf "%.${2}f" "$1"; }   # f VALUE DECIMALS
-x() { f "$(calc "$1 / $2")" 2; printf 'x'; }  # x A B: the ratio A/B as "1.23x"
-row() { printf '| %-42s | %12s | %-30s | %8s | %-17s | %-3s |\n' "$@"; }
 TABLE="$BENCH/sync-results.txt"
 {
   printf 'photosync sync benchmark, %s: N = %s photos (%s MiB), %s x %s, %s GiB RAM, load before %s, commit %s\n\n' \
     "$(date -u +%Y-%m-%d)" "$N" "$((TREE_BYTES / 1048576))" "$(nproc)" "$CPU_MODEL" "$MEM_GIB" "$LOAD_BEFORE" "$COMMIT"
-  row measure photosync baseline ratio target met
-  row "$(printf '%.0s-' $(seq 42))" "$(printf '%.0s-' $(seq 12))" "$(printf '%.0s-' $(seq 30))" "$(printf '%.0s-' $(seq 8))" \
-    "$(printf '%.0s-' $(seq 17))" "---"
+  header
   row "cold backfill: uploads/s" "$(f "$COLD_RATE" 0)" "$(f "$CURL_RATE" 0) (curl loop, $CURL_SAMPLE files)" \
     "$(x "$COLD_RATE" "$CURL_RATE")" ">= 5x curl" "$(verdict "$COLD_RATE >= 5 * $CURL_RATE")"
   row "cold backfill: CPU s per 1,000 uploads" "$(f "$COLD_CPU_K" 3)" "$(f "$CURL_CPU_K" 3) (curl loop)" \
@@ -492,6 +550,7 @@ TABLE="$BENCH/sync-results.txt"
     "$(f "$(calc "$THR_RATIO * 100")" 1)%" ">= 90%" "$(verdict "$THR_RATIO >= 0.9")"
   row "throttle: 429s per Retry-After window" "$THR_429" "$(f "$THR_WINDOWS" 1) windows of $THROTTLE_RETRY_AFTER s" \
     "$(f "$THR_429_PER_WINDOW" 2)" "< 1" "$(verdict "$THR_429_PER_WINDOW < 1")"
+  faults_row
 } >"$TABLE"
 echo
 cat "$TABLE"

@@ -1,9 +1,14 @@
-//! Counters and the failure list of a run, shared by the planner, the workers and the CLI.
+//! Counters and the failure view of a run, shared by the planner, the workers and the CLI.
 //!
 //! Counting only: nothing here decides anything. Every photo seen ends in exactly one of
 //! uploaded, unchanged, skipped, pending or failed, so the summary adds up.
+//!
+//! `failed` counts failure *events* (a known-bad file counts again on every pass that meets
+//! it); the failure view holds one entry per failing file, the latest, so it is bounded by the
+//! tree and does not grow with uptime. The daemon sweeps it with every full pass: what that
+//! pass (or a later one) did not find failing has left it. The ledger stays the record.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Mutex;
 
@@ -41,16 +46,28 @@ pub struct Stats {
     /// Unix ms of the last successful upload.
     pub last_success_ms: AtomicI64,
     pub token_refresh_failures: AtomicU64,
+    /// Passes the daemon finished (full and partial).
+    pub passes: AtomicU64,
     pub token_ok: AtomicBool,
     pub database_ok: AtomicBool,
     pub watchers_ok: AtomicBool,
     /// Upload latency: counts per bucket of [`LATENCY_BUCKETS_MS`] (+ one for larger), and the sum.
     latency: Mutex<(Vec<u64>, f64)>,
     skipped: Mutex<BTreeMap<&'static str, u64>>,
-    failures: Mutex<Vec<Failure>>,
+    failures: Mutex<FailureView>,
     /// Per-item report rows go here when a report was asked for.
     report: Mutex<Option<crate::report::Sink>>,
     reporting: AtomicBool,
+}
+
+/// The current failures, one per path, in the order they first failed.
+#[derive(Debug, Default)]
+struct FailureView {
+    /// By path: when it first failed (for the order), the sweep that last saw it fail, and
+    /// the latest failure.
+    entries: HashMap<String, (u64, u64, Failure)>,
+    next: u64,
+    sweep: u64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -136,7 +153,38 @@ impl Stats {
                 ..Default::default()
             });
         }
-        lock(&self.failures).push(failure);
+        let mut view = lock(&self.failures);
+        let (seq, sweep) = (view.next, view.sweep);
+        view.next += 1;
+        match view.entries.get_mut(&failure.path) {
+            Some(e) => {
+                e.1 = sweep;
+                e.2 = failure;
+            }
+            None => {
+                view.entries
+                    .insert(failure.path.clone(), (seq, sweep, failure));
+            }
+        }
+    }
+
+    /// A full pass begins: failures it (or a later pass) reports are current; at
+    /// [`Stats::end_sweep`] the others leave the view.
+    pub fn begin_sweep(&self) {
+        lock(&self.failures).sweep += 1;
+    }
+
+    /// The full pass begun by the last [`Stats::begin_sweep`] is done: drops the failures
+    /// that no pass since reported.
+    pub fn end_sweep(&self) {
+        let mut view = lock(&self.failures);
+        let sweep = view.sweep;
+        view.entries.retain(|_, e| e.1 >= sweep);
+    }
+
+    /// Distinct files failing now (the size of the failure view).
+    pub fn failing(&self) -> u64 {
+        lock(&self.failures).entries.len() as u64
     }
 
     /// Sends every later item's row to `sink`.
@@ -163,7 +211,56 @@ impl Stats {
         }
     }
 
+    /// The failure view, in the order the files first failed.
     pub fn failures(&self) -> Vec<Failure> {
-        lock(&self.failures).clone()
+        let view = lock(&self.failures);
+        let mut all: Vec<_> = view.entries.values().collect();
+        all.sort_by_key(|e| e.0);
+        all.into_iter().map(|e| e.2.clone()).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failure(path: &str, reason: &str) -> Failure {
+        Failure {
+            path: path.into(),
+            target: None,
+            reason: reason.into(),
+            message: String::new(),
+            code: None,
+            request_id: None,
+        }
+    }
+
+    #[test]
+    fn the_view_holds_one_entry_per_file_and_counts_every_event() {
+        let s = Stats::default();
+        for _ in 0..3 {
+            s.fail(failure("b.jpg", "truncated"));
+            s.fail(failure("a.jpg", "not_found"));
+        }
+        s.fail(failure("b.jpg", "corrupt"));
+        assert_eq!(Stats::get(&s.failed), 7);
+        assert_eq!(s.failing(), 2);
+        let view = s.failures();
+        assert_eq!(view[0].path, "b.jpg");
+        assert_eq!(view[0].reason, "corrupt");
+        assert_eq!(view[1].path, "a.jpg");
+    }
+
+    #[test]
+    fn a_sweep_drops_what_no_pass_since_found_failing() {
+        let s = Stats::default();
+        s.fail(failure("fixed.jpg", "truncated"));
+        s.fail(failure("bad.jpg", "truncated"));
+        s.begin_sweep();
+        s.fail(failure("bad.jpg", "truncated"));
+        s.end_sweep();
+        let view = s.failures();
+        assert_eq!(view.len(), 1);
+        assert_eq!(view[0].path, "bad.jpg");
     }
 }

@@ -49,6 +49,15 @@ pub async fn run(config: &Path, args: Args, interactive: bool) -> u8 {
         Ok(c) => c,
         Err(code) => return code,
     };
+    // A dry run writes nothing: it reads beside a running writer.
+    let _lock = if args.dry_run {
+        None
+    } else {
+        match super::lock_ledger(&cfg).await {
+            Ok(l) => Some(l),
+            Err(code) => return code,
+        }
+    };
     let ledger = match open_ledger(&cfg.state.database, args.dry_run).await {
         Ok(l) => l,
         Err(code) => return code,

@@ -206,6 +206,40 @@ pub(crate) async fn open_ledger(cfg: &Config) -> Result<crate::ledger::Ledger, u
         })
 }
 
+/// Takes the ledger's one-writer lock for a command that writes, for as long as the returned
+/// guard lives. Held by another photosync: exit 2 at once, naming it.
+pub(crate) async fn lock_ledger(cfg: &Config) -> Result<crate::ledger::lock::LedgerLock, u8> {
+    use crate::ledger::lock::{LedgerLock, LockError};
+    match LedgerLock::acquire(&cfg.state.database) {
+        Ok(lock) => {
+            if let Some(gone) = &lock.took_over {
+                tracing::warn!(
+                    lock = %lock.path().display(),
+                    previous = %gone,
+                    "took over the ledger lock of a photosync that is gone (the kernel released its lock when it ended)"
+                );
+            }
+            Ok(lock)
+        }
+        Err(e @ LockError::Held { .. }) => {
+            eprintln!("error: {e}");
+            Err(exit::USAGE)
+        }
+        Err(e @ LockError::Io { .. }) => {
+            // A lock that cannot be created beside the database usually means the database
+            // cannot be either, which the ledger explains with the fix.
+            match crate::ledger::Ledger::open(&cfg.state.database).await {
+                Err(ledger) => eprintln!("error: {ledger}"),
+                Ok(ledger) => {
+                    ledger.close().await;
+                    eprintln!("error: {e}");
+                }
+            }
+            Err(exit::FATAL)
+        }
+    }
+}
+
 /// [`load_config`] without printing: the error as text.
 pub(crate) fn try_load_config(path: &std::path::Path) -> Result<Config, String> {
     let mut cfg = Config::load(path).map_err(|e| e.to_string())?;

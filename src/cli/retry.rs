@@ -22,6 +22,10 @@ pub async fn run(config: &Path, args: Args) -> u8 {
         Ok(c) => c,
         Err(code) => return code,
     };
+    let _lock = match super::lock_ledger(&cfg).await {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
     let ledger = match super::open_ledger(&cfg).await {
         Ok(l) => l,
         Err(code) => return code,

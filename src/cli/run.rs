@@ -20,6 +20,10 @@ pub async fn run(config_path: &Path, _args: Args) -> u8 {
         Ok(c) => c,
         Err(code) => return code,
     };
+    let _lock = match super::lock_ledger(&cfg).await {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
     let ledger = match super::open_ledger(&cfg).await {
         Ok(l) => l,
         Err(code) => return code,

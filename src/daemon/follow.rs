@@ -137,6 +137,10 @@ impl<'a> Follower<'a> {
         if let Some(pass) = self.planning.take_if(|p| p.task.is_finished()) {
             let whole_tree = pass.whole_tree;
             let report = pass.join().await?;
+            if whole_tree {
+                self.stats.end_sweep();
+            }
+            Stats::add(&self.stats.passes, 1);
             passed(progress, &report, whole_tree);
         }
         let fired = self.triggers.tick(&self.watch).await;
@@ -185,6 +189,8 @@ impl<'a> Follower<'a> {
             self.triggers.rescan_started();
             // The rescan looks at them too.
             self.queued.clear();
+            // What the rescan finds failing is the failure view from now on.
+            self.stats.begin_sweep();
             self.planning = Some(Pass::spawn(self.engine, Scope::All));
             progress.send_modify(|p| p.rescans_started += 1);
         } else if !self.queued.is_empty() {
@@ -203,11 +209,11 @@ impl<'a> Follower<'a> {
 
     fn status_line(&self) -> String {
         format!(
-            "{} queued, {} uploading, {} uploaded, {} failed{}",
+            "{} queued, {} uploading, {} uploaded, {} failing{}",
             Stats::get(&self.stats.queued),
             Stats::get(&self.stats.in_flight),
             Stats::get(&self.stats.uploaded),
-            Stats::get(&self.stats.failed),
+            self.stats.failing(),
             if self.watch.polled.is_empty() {
                 ""
             } else {

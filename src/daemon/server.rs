@@ -109,8 +109,26 @@ pub fn render(stats: &Stats) -> String {
     metric(
         "photosync_throttled_total",
         "counter",
-        "Throttling answers (429, or 503/504 with Retry-After).",
+        "Throttling answers (429, or a 503 that says it throttled).",
         &[("", g(&stats.throttled))],
+    );
+    metric(
+        "photosync_failing_photos",
+        "gauge",
+        "Distinct photo files failing now (the ledger has each failure).",
+        &[("", stats.failing() as f64)],
+    );
+    metric(
+        "photosync_failure_events_total",
+        "counter",
+        "Failures met, counted each time (a known-bad file again on every pass).",
+        &[("", g(&stats.failed))],
+    );
+    metric(
+        "photosync_passes_total",
+        "counter",
+        "Planning passes finished (full rescans and changed paths).",
+        &[("", g(&stats.passes))],
     );
     metric(
         "photosync_queue_depth",

@@ -151,9 +151,10 @@ impl ItemError {
     pub fn class(&self) -> FailureClass {
         let of = |e: &GraphError| match e.class() {
             ErrorClass::Permanent => FailureClass::Permanent,
-            ErrorClass::Fatal | ErrorClass::Throttled(_) | ErrorClass::Transient => {
-                FailureClass::Transient
-            }
+            ErrorClass::Fatal
+            | ErrorClass::Throttled(_)
+            | ErrorClass::Unavailable(_)
+            | ErrorClass::Transient => FailureClass::Transient,
         };
         match self {
             ItemError::Graph(GraphProblem::Refused(e)) => of(e),
@@ -492,6 +493,7 @@ mod tests {
             message: None,
             request_id: Some("r-1".into()),
             retry_after: None,
+            throttling: false,
         }
     }
 

@@ -1,6 +1,8 @@
 //! The one retry policy: what a failed request means for the next attempt. Throttling closes the
-//! shared gate and retries (up to a generous cap), transient errors back off with jitter up to
-//! `max_attempts`, permanent ones return at once, a fatal one stops the run.
+//! shared gate and lowers the shared rate, an unavailable service (503/504 with `Retry-After`)
+//! closes the gate alone; both retry up to a generous cap. Transient errors back off with jitter
+//! up to `max_attempts`, permanent ones return at once, a fatal one stops the run. Every answer
+//! that is not a throttle tells the limiter the service admitted the request.
 
 use std::time::Duration;
 
@@ -19,7 +21,8 @@ pub struct RetryPolicy {
     /// The first backoff; each attempt doubles it, up to `backoff_max`, with jitter.
     pub backoff_base: Duration,
     pub backoff_max: Duration,
-    /// Throttling answers one item may meet before it is recorded as failed for now.
+    /// Throttling or unavailable answers one item may meet before it is recorded as failed
+    /// for now.
     pub max_throttled: u32,
 }
 
@@ -74,20 +77,25 @@ where
     let mut attempts = 0u32;
     let mut throttled = 0u32;
     loop {
-        tokio::select! {
+        let sent_at = tokio::select! {
             biased;
             () = deps.cancel.cancelled() => return Sent::Stopped,
-            () = deps.limiter.acquire() => {}
-        }
+            at = deps.limiter.acquire() => at,
+        };
         attempts += 1;
         let e = match send().await {
             Ok(reply) => {
-                deps.limiter.succeeded();
+                deps.limiter.admitted(sent_at);
                 return Sent::Done(reply);
             }
             Err(e) => e,
         };
-        match e.class() {
+        let class = e.class();
+        // Any answer but a throttle passed the service's throttling.
+        if e.status().is_some() && !matches!(class, ErrorClass::Throttled(_)) {
+            deps.limiter.admitted(sent_at);
+        }
+        match class {
             ErrorClass::Fatal => {
                 // Once: the other workers meet the same error as the run stops.
                 if !deps.cancel.is_cancelled() {
@@ -100,13 +108,28 @@ where
                 throttled += 1;
                 attempts -= 1;
                 Stats::add(&deps.stats.throttled, 1);
-                let wait = deps.limiter.throttled(retry_after);
+                let wait = deps.limiter.throttled_at(sent_at, retry_after);
                 tracing::warn!(
                     status = e.status().unwrap_or(0),
                     retry_after_ms = wait.as_millis() as u64,
                     rate_per_s = deps.limiter.current_rate(),
                     request_id = e.request_id().unwrap_or(""),
                     "throttled; every worker pauses"
+                );
+                if throttled >= policy.max_throttled {
+                    return Sent::Failed(e, attempts);
+                }
+            }
+            ErrorClass::Unavailable(retry_after) => {
+                throttled += 1;
+                attempts -= 1;
+                Stats::add(&deps.stats.retries, 1);
+                let wait = deps.limiter.unavailable(retry_after);
+                tracing::info!(
+                    status = e.status().unwrap_or(0),
+                    retry_after_ms = wait.as_millis() as u64,
+                    request_id = e.request_id().unwrap_or(""),
+                    "service unavailable; every worker pauses"
                 );
                 if throttled >= policy.max_throttled {
                     return Sent::Failed(e, attempts);

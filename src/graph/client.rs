@@ -133,6 +133,7 @@ impl GraphClient {
             message: Some("photo metadata was not JSON".into()),
             request_id: reply.request_id,
             retry_after: None,
+            throttling: false,
         })
     }
 
@@ -238,12 +239,18 @@ impl GraphClient {
         if status == StatusCode::UNAUTHORIZED {
             return Err(GraphError::TokenRejected { code });
         }
+        let throttling = super::error::throttle_signal(
+            headers.keys().map(reqwest::header::HeaderName::as_str),
+            code.as_deref(),
+            message.as_deref(),
+        );
         Err(GraphError::Status {
             status: status.as_u16(),
             code,
             message,
             request_id,
             retry_after: parse_retry_after(&headers, SystemTime::now()),
+            throttling,
         })
     }
 }

@@ -22,6 +22,7 @@
 mod apply;
 #[cfg(test)]
 mod fixtures;
+pub mod lock;
 mod op;
 mod queries;
 mod skipped;

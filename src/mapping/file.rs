@@ -315,8 +315,8 @@ mod tests {
             KeyKind::Upn,
         );
         assert!(p.is_empty(), "{p:?}");
-        assert_eq!(t.get("004711.jpg"), Some("alice@contoso.com"));
-        assert_eq!(t.get("004711.JPEG"), Some("alice@contoso.com"));
+        assert_eq!(t.get("004711.jpg"), Some("Alice@Contoso.com"));
+        assert_eq!(t.get("004711.JPEG"), Some("Alice@Contoso.com"));
         let (t, _) = parse(
             "name,badge,upn\n\"x, y\",12.jpg,bob@contoso.com\n",
             KeyKind::Upn,

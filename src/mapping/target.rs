@@ -1,9 +1,11 @@
 //! What a file names: a [`Target`] (a user, group or contact), its key grammar, and the
 //! normalised form of the names it is built from.
 //!
-//! Invariants: a target key is normalised (UPNs lower-cased, Unicode NFC), so `Alice.jpg` and
-//! `alice.png` name the same target and a conflict can be seen; [`Target::from_key`] reads back
-//! exactly what [`Target::key`] wrote.
+//! Invariants: a target's names are NFC and, for UPNs, as the file writes them: that is what
+//! goes into the Graph path, because Graph compares UPNs case-insensitively itself and a
+//! lower-cased UPN may name nobody (`İ` lower-cases to two code points). Only the target key
+//! folds case (see [`fold_case`]), so `Alice@x.jpg` and `alice@x.png` name the same target and a
+//! conflict can be seen; [`Target::from_key`] reads back exactly what [`Target::key`] wrote.
 
 use unicode_normalization::UnicodeNormalization;
 
@@ -93,20 +95,25 @@ impl Target {
 
     /// The stable key the ledger and the queue know this target by, e.g. `user:alice@contoso.com`,
     /// `user(employeeId):004711` or `contact:bob@contoso.com/AAMk…`.
+    /// UPNs (a user's id, a contact's owner) are case-folded here, and only here.
     pub fn key(&self) -> String {
         let mut k = match self.lookup {
             Some(l) => format!("{}({}):", self.kind.as_str(), l.property()),
             None => format!("{}:", self.kind.as_str()),
         };
         if let Some(o) = &self.owner {
-            k.push_str(o);
+            k.push_str(&fold_case(o));
             k.push('/');
         }
         if let Some(f) = &self.folder {
             k.push_str(f);
             k.push('/');
         }
-        k.push_str(&self.id);
+        if self.kind == TargetKind::User && self.lookup.is_none() {
+            k.push_str(&fold_case(&self.id));
+        } else {
+            k.push_str(&self.id);
+        }
         k
     }
 
@@ -194,7 +201,8 @@ pub fn normalise_key(stem: &str, key: KeyKind) -> Result<String, MappingError> {
             if local.is_empty() || domain.is_empty() || s.contains(char::is_whitespace) {
                 return Err(MappingError::NotAUpn { name: s });
             }
-            Ok(lowercase(s))
+            // As written: the key folds case, the Graph path must not.
+            Ok(s)
         }
         KeyKind::Id => {
             if is_guid(&s) {
@@ -226,6 +234,24 @@ fn lowercase(mut s: String) -> String {
     } else {
         s.to_lowercase()
     }
+}
+
+/// The case-insensitive form of a UPN inside photosync (target keys). Each character is
+/// lower-cased only where that gives one character, so a key read back from the ledger still
+/// names the user when sent to Graph (`İ` would lower-case to `i` and a combining dot).
+pub fn fold_case(s: &str) -> String {
+    if s.is_ascii() {
+        return s.to_ascii_lowercase();
+    }
+    s.chars()
+        .map(|c| {
+            let mut lower = c.to_lowercase();
+            match (lower.next(), lower.next()) {
+                (Some(l), None) => l,
+                _ => c,
+            }
+        })
+        .collect()
 }
 
 fn is_guid(s: &str) -> bool {
@@ -266,9 +292,10 @@ mod tests {
 
     #[test]
     fn keys_are_normalised_per_kind() {
+        // A UPN stays as written; only its key folds case.
         assert_eq!(
             normalise_key(" Alice@Contoso.COM ", KeyKind::Upn).unwrap(),
-            "alice@contoso.com"
+            "Alice@Contoso.COM"
         );
         assert_eq!(
             normalise_key("004711", KeyKind::EmployeeId).unwrap(),
@@ -286,5 +313,33 @@ mod tests {
             normalise_key("   ", KeyKind::Upn),
             Err(MappingError::EmptyName)
         );
+    }
+
+    #[test]
+    fn a_upn_is_kept_as_written_and_its_key_folds_case() {
+        // `İ` (U+0130) decomposed: NFC puts it back together.
+        let written = normalise_key("I\u{307}lker.Y\u{131}lmaz@Contoso.com", KeyKind::Upn).unwrap();
+        assert_eq!(written, "\u{130}lker.Y\u{131}lmaz@Contoso.com");
+        let t = Target::user(&written);
+        assert_eq!(t.id, written);
+        // `İ` has no one-character lower case: kept, so the key still names the user.
+        assert_eq!(t.key(), "user:\u{130}lker.y\u{131}lmaz@contoso.com");
+        assert_eq!(
+            Target::user("ALICE@x.COM").key(),
+            Target::user("alice@X.com").key()
+        );
+        let contact = Target {
+            owner: Some("Bob@X.com".into()),
+            ..Target {
+                kind: TargetKind::Contact,
+                ..Target::user("AAMkC1")
+            }
+        };
+        assert_eq!(contact.key(), "contact:bob@x.com/AAMkC1");
+        let employee = Target {
+            lookup: Some(Lookup::EmployeeId),
+            ..Target::user("Ab12")
+        };
+        assert_eq!(employee.key(), "user(employeeId):Ab12");
     }
 }

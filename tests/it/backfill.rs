@@ -336,7 +336,7 @@ async fn guest_and_dollar_upns_reach_the_right_url() {
         .into_iter()
         .map(|r| r.raw_path)
         .collect();
-    assert!(paths.iter().any(|p| p.contains("%23ext%23")), "{paths:?}");
+    assert!(paths.iter().any(|p| p.contains("%23EXT%23")), "{paths:?}");
     assert!(
         paths
             .iter()

@@ -669,7 +669,7 @@ fn every_file_name_maps_to_a_safe_url_of_its_own_target() {
                         long.set(long.get() + 1);
                     }
                     check_photo_path(&t)?;
-                    prop_assert_eq!(Target::from_key(&t.key()), Some(t.clone()));
+                    prop_assert_eq!(Target::from_key(&t.key()).map(|k| k.key()), Some(t.key()));
                 }
             }
             Ok(())
@@ -738,7 +738,7 @@ fn named_hostile_names() {
         ),
         (
             "g#EXT#@contoso.com.jpg",
-            Some("/users/g%23ext%23@contoso.com/photo"),
+            Some("/users/g%23EXT%23@contoso.com/photo"),
         ),
         (
             "$adm'in@contoso.com.jpg",
@@ -804,7 +804,7 @@ async fn a_tree_of_hostile_names_syncs_only_what_it_should_where_it_should() {
         (
             "users/guest_fabrikam.com#EXT#@contoso.com.jpg".into(),
             "guest_fabrikam.com#EXT#@contoso.com".into(),
-            "/v1.0/users/guest_fabrikam.com%23ext%23@contoso.com/photo/$value".into(),
+            "/v1.0/users/guest_fabrikam.com%23EXT%23@contoso.com/photo/$value".into(),
         ),
         (
             "users/q?x@contoso.com.jpg".into(),
