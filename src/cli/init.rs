@@ -242,7 +242,10 @@ mod tests {
         let mode = std::fs::metadata(&path).expect("meta").permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
         let cfg = Config::load(&path).expect("loads");
-        assert_eq!(cfg.auth.tenant_id, "contoso.onmicrosoft.com");
+        assert_eq!(
+            cfg.auth.tenant_id.as_deref(),
+            Some("contoso.onmicrosoft.com")
+        );
         assert_eq!(
             cfg.auth.client_secret_file,
             Some(dir.path().join("client-secret"))

@@ -136,11 +136,15 @@ async fn backfill_json_has_status_items_and_a_summary_field_by_field() {
     let excluded = item(&items, "c1.jpg");
     assert_eq!(excluded["action"], "skip");
     assert_eq!(excluded["result"], "excluded");
-    // A hidden file is not a photo: counted, never an item.
-    assert!(items
+    // A hidden file is not a photo, but every skipped file is named: an item of its own.
+    let hidden: Vec<_> = items
         .iter()
-        .all(|i| !i["path"].as_str().unwrap().contains(".hidden")));
-    assert_eq!(items.len(), 8 + 4, "{items:#?}");
+        .filter(|i| i["path"].as_str().unwrap().contains(".hidden"))
+        .collect();
+    assert_eq!(hidden.len(), 1, "{items:#?}");
+    assert_eq!(hidden[0]["action"], "skip");
+    assert_eq!(hidden[0]["result"], "hidden");
+    assert_eq!(items.len(), 8 + 4 + 1, "{items:#?}");
 
     let status = of_type(&lines, "status");
     assert!(!status.is_empty(), "no status line");
