@@ -69,114 +69,162 @@ async fn metrics(
     )
 }
 
+/// One metric family: its name, type, help text and samples (label set, value).
+struct Family {
+    name: &'static str,
+    kind: &'static str,
+    help: &'static str,
+    samples: Vec<(&'static str, f64)>,
+}
+
+fn family(
+    name: &'static str,
+    kind: &'static str,
+    help: &'static str,
+    samples: Vec<(&'static str, f64)>,
+) -> Family {
+    Family {
+        name,
+        kind,
+        help,
+        samples,
+    }
+}
+
+fn count(c: &std::sync::atomic::AtomicU64) -> f64 {
+    Stats::get(c) as f64
+}
+
+fn flag(f: &std::sync::atomic::AtomicBool) -> f64 {
+    f64::from(u8::from(Stats::is(f)))
+}
+
 /// The Prometheus text exposition of `stats`.
 pub fn render(stats: &Stats) -> String {
     let mut out = String::new();
-    let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, f64)]| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        for (labels, v) in samples {
-            let _ = writeln!(out, "{name}{labels} {v}");
+    for f in counters(stats).into_iter().chain(gauges(stats)) {
+        let _ = writeln!(
+            out,
+            "# HELP {} {}\n# TYPE {} {}",
+            f.name, f.help, f.name, f.kind
+        );
+        for (labels, v) in f.samples {
+            let _ = writeln!(out, "{}{labels} {v}", f.name);
         }
-    };
-    let g = |c: &std::sync::atomic::AtomicU64| Stats::get(c) as f64;
-    metric(
-        "photosync_uploads_total",
-        "counter",
-        "Photo uploads by result.",
-        &[
-            ("{result=\"ok\"}", g(&stats.uploaded)),
-            ("{result=\"failed\"}", g(&stats.failed)),
-        ],
-    );
-    metric(
-        "photosync_deletes_total",
-        "counter",
-        "Photos deleted in Graph.",
-        &[("", g(&stats.deleted))],
-    );
-    metric(
-        "photosync_unchanged_total",
-        "counter",
-        "Photos found unchanged.",
-        &[("", g(&stats.unchanged))],
-    );
-    metric(
-        "photosync_retries_total",
-        "counter",
-        "Requests retried after a transient error.",
-        &[("", g(&stats.retries))],
-    );
-    metric(
-        "photosync_throttled_total",
-        "counter",
-        "Throttling answers (429, or a 503 that says it throttled).",
-        &[("", g(&stats.throttled))],
-    );
-    metric(
-        "photosync_failing_photos",
-        "gauge",
-        "Distinct photo files failing now (the ledger has each failure).",
-        &[("", stats.failing() as f64)],
-    );
-    metric(
-        "photosync_failure_events_total",
-        "counter",
-        "Failures met, counted each time (a known-bad file again on every pass).",
-        &[("", g(&stats.failed))],
-    );
-    metric(
-        "photosync_passes_total",
-        "counter",
-        "Planning passes finished (full rescans and changed paths).",
-        &[("", g(&stats.passes))],
-    );
-    metric(
-        "photosync_queue_depth",
-        "gauge",
-        "Uploads queued, not yet started.",
-        &[("", g(&stats.queued))],
-    );
-    metric(
-        "photosync_in_flight",
-        "gauge",
-        "Uploads in flight.",
-        &[("", g(&stats.in_flight))],
-    );
+    }
+    write_latency(&mut out, stats);
+    out
+}
+
+fn counters(stats: &Stats) -> Vec<Family> {
+    let one = |c| vec![("", count(c))];
+    vec![
+        family(
+            "photosync_uploads_total",
+            "counter",
+            "Photo uploads by result.",
+            vec![
+                ("{result=\"ok\"}", count(&stats.uploaded)),
+                ("{result=\"failed\"}", count(&stats.failed)),
+            ],
+        ),
+        family(
+            "photosync_deletes_total",
+            "counter",
+            "Photos deleted in Graph.",
+            one(&stats.deleted),
+        ),
+        family(
+            "photosync_unchanged_total",
+            "counter",
+            "Photos found unchanged.",
+            one(&stats.unchanged),
+        ),
+        family(
+            "photosync_retries_total",
+            "counter",
+            "Requests retried after a transient error.",
+            one(&stats.retries),
+        ),
+        family(
+            "photosync_throttled_total",
+            "counter",
+            "Throttling answers (429, or a 503 that says it throttled).",
+            one(&stats.throttled),
+        ),
+        family(
+            "photosync_failure_events_total",
+            "counter",
+            "Failures met, counted each time (a known-bad file again on every pass).",
+            one(&stats.failed),
+        ),
+        family(
+            "photosync_passes_total",
+            "counter",
+            "Planning passes finished (full rescans and changed paths).",
+            one(&stats.passes),
+        ),
+        family(
+            "photosync_token_refresh_failures_total",
+            "counter",
+            "Failed attempts to obtain an access token.",
+            one(&stats.token_refresh_failures),
+        ),
+    ]
+}
+
+fn gauges(stats: &Stats) -> Vec<Family> {
     let last = stats
         .last_success_ms
         .load(std::sync::atomic::Ordering::Relaxed);
-    metric(
-        "photosync_last_success_timestamp_seconds",
-        "gauge",
-        "Unix time of the last successful upload (0: none yet).",
-        &[("", last as f64 / 1000.0)],
-    );
-    metric(
-        "photosync_token_refresh_failures_total",
-        "counter",
-        "Failed attempts to obtain an access token.",
-        &[("", g(&stats.token_refresh_failures))],
-    );
-    // /readyz's checks, one gauge each, so that an alert names the one that fails.
-    let flag = |f: &std::sync::atomic::AtomicBool| f64::from(u8::from(Stats::is(f)));
-    metric(
-        "photosync_watchers_ok",
-        "gauge",
-        "1 while every source root is watched (or polled as configured), else 0.",
-        &[("", flag(&stats.watchers_ok))],
-    );
-    metric(
-        "photosync_database_ok",
-        "gauge",
-        "1 while the ledger is writable, else 0.",
-        &[("", flag(&stats.database_ok))],
-    );
-    metric(
-        "photosync_token_ok",
-        "gauge",
-        "1 while an access token can be obtained, else 0.",
-        &[("", flag(&stats.token_ok))],
-    );
+    vec![
+        family(
+            "photosync_failing_photos",
+            "gauge",
+            "Distinct photo files failing now (the ledger has each failure).",
+            vec![("", stats.failing() as f64)],
+        ),
+        family(
+            "photosync_queue_depth",
+            "gauge",
+            "Uploads queued, not yet started.",
+            vec![("", count(&stats.queued))],
+        ),
+        family(
+            "photosync_in_flight",
+            "gauge",
+            "Uploads in flight.",
+            vec![("", count(&stats.in_flight))],
+        ),
+        family(
+            "photosync_last_success_timestamp_seconds",
+            "gauge",
+            "Unix time of the last successful upload (0: none yet).",
+            vec![("", last as f64 / 1000.0)],
+        ),
+        // /readyz's checks, one gauge each, so that an alert names the one that fails.
+        family(
+            "photosync_watchers_ok",
+            "gauge",
+            "1 while every source root is watched (or polled as configured), else 0.",
+            vec![("", flag(&stats.watchers_ok))],
+        ),
+        family(
+            "photosync_database_ok",
+            "gauge",
+            "1 while the ledger is writable, else 0.",
+            vec![("", flag(&stats.database_ok))],
+        ),
+        family(
+            "photosync_token_ok",
+            "gauge",
+            "1 while an access token can be obtained, else 0.",
+            vec![("", flag(&stats.token_ok))],
+        ),
+    ]
+}
+
+fn write_latency(out: &mut String, stats: &Stats) {
     let (counts, sum) = stats.latency();
     let _ = writeln!(
         out,
@@ -196,5 +244,4 @@ pub fn render(stats: &Stats) -> String {
     }
     let _ = writeln!(out, "photosync_upload_duration_seconds_sum {sum}");
     let _ = writeln!(out, "photosync_upload_duration_seconds_count {cumulative}");
-    out
 }
