@@ -20,6 +20,7 @@
 //! - `skipped.rs`: files that are not photos, and face crops that fell back to the centre.
 
 mod apply;
+mod bulk;
 #[cfg(test)]
 mod fixtures;
 pub mod lock;
